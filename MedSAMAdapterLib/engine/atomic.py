@@ -1,0 +1,40 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written output file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename.
+
+    The temporary name keeps the target's suffixes (``.nii.gz``, ``.seg.nrrd``) because writers such as
+    SimpleITK choose the format from them. On any exception the temporary file is removed and the target is
+    left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = suffix if suffix is not None else "".join(target.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(target, text.encode("utf-8"))
