@@ -168,7 +168,7 @@ def run_info(args) -> int:
     from .engine.cache import default_cache_dir
     from .models.registry import describe_weights, list_models
 
-    rows = [describe_weights(spec) for spec in list_models()]
+    rows = [describe_weights(name) for name in list_models()]
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     report = {"version": __version__, "torch": torch.__version__, "devices": devices,
               "cache_dir": str(default_cache_dir()), "models": rows}

@@ -61,6 +61,8 @@ class VolumeEmbedder:
         self.model_fingerprint = model_fingerprint(model)
         spec = model.spec
         self.preprocessing_id = f"{self.intensity.id}|{spec.normalization}|{spec.image_size}"
+        # SAM's mask prompt / low-res logits are 4x the embedding grid (256 for SAM-1024 and LiteMedSAM-256).
+        self.low_res_size = 4 * getattr(model, "embedding_size", spec.image_size // 16)
         self._encoder_lock = threading.Lock()
         self.device = next(model.parameters()).device
 
@@ -77,8 +79,9 @@ class VolumeEmbedder:
         return geometry.slice_plane(self.display, axis, index)
 
     def transform(self, axis: int, index: int) -> SliceTransform:
-        plane = geometry.slice_plane(self.display, axis, 0)
-        return SliceTransform.for_shape(plane.shape[:2], self.model.spec.image_size)
+        """Slice <-> model-space mapping; every slice along one axis has the same shape."""
+        shape = tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
+        return SliceTransform.for_shape(shape, self.model.spec.image_size, self.low_res_size)
 
     def key(self, axis: int, index: int) -> EmbeddingKey:
         return EmbeddingKey(self.volume_hash, self.model_fingerprint, self.preprocessing_id, axis, index)

@@ -69,6 +69,7 @@ class PropagationPolicy:
     min_iou: float = 0.5
     min_overlap_dice: float = 0.35
     box_margin_px: float = 2.0
+    box_margin_fraction: float = 0.1  # objects grow between slices: let the box grow with them
     max_slices: int | None = None
 
 
@@ -180,7 +181,9 @@ class InteractiveSession:
             written: list[int] = []
             for step in steps:
                 written += self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy, proposed, progress)
-            self._apply(segment_id, proposed)
+            if written:
+                region = tuple(slice(min(written), max(written) + 1) if a == axis else slice(None) for a in range(3))
+                self._apply(segment_id, proposed[region], region)
             return written
 
     def _propagate_one_way(
@@ -192,7 +195,7 @@ class InteractiveSession:
         while limits[0] <= index <= limits[1]:
             if policy.max_slices is not None and len(written) >= policy.max_slices:
                 break
-            box = box_from_mask(previous, policy.box_margin_px)
+            box = _grown_box(previous, policy)
             prompts = SlicePrompts(box_rc=box).clipped(previous.shape)
             result, logits = self._predict(segment_id, axis, index, prompts, None)
             if not _continues(previous, result, policy):
@@ -277,20 +280,27 @@ class InteractiveSession:
             raise InputError(f"no segment {segment_id!r}; existing: {sorted(self.segments)}") from None
 
     def _write_plane(self, segment_id: str, axis: int, index: int, plane: np.ndarray) -> None:
-        proposed = self._segment(segment_id).mask.copy()
-        geometry.insert_plane(proposed, axis, index, plane)
-        self._apply(segment_id, proposed)
+        region = tuple(slice(index, index + 1) if a == axis else slice(None) for a in range(3))
+        self._apply(segment_id, np.expand_dims(plane, axis), region)
 
-    def _apply(self, segment_id: str, proposed: np.ndarray) -> None:
-        """Make ``proposed`` the segment's mask as one undoable edit (no edit when nothing changed)."""
+    def _apply(self, segment_id: str, after: np.ndarray, region: tuple[slice, ...] | None = None) -> None:
+        """Make ``after`` the segment's voxels in ``region`` as one undoable edit (none if nothing changed).
+
+        Only the region is compared (one plane for a click), so the cost of an edit does not grow with the
+        volume; the edit keeps just the bounding box of the voxels that really changed.
+        """
         segment = self._segment(segment_id)
-        changed = np.argwhere(proposed != segment.mask)
+        region = region or (slice(None),) * 3
+        current = segment.mask[region]
+        changed = np.argwhere(after != current)
         if changed.size == 0:
             return
+        offsets = [r.indices(n)[0] for r, n in zip(region, segment.mask.shape)]
         lo, hi = changed.min(0), changed.max(0) + 1
-        region = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        edit = Edit(region, segment.mask[region].copy(), proposed[region].copy())  # type: ignore[arg-type]
-        segment.mask[region] = edit.after  # type: ignore[index]
+        local = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        box = tuple(slice(int(a) + o, int(b) + o) for a, b, o in zip(lo, hi, offsets))
+        edit = Edit(box, segment.mask[box].copy(), np.array(after[local], bool))  # type: ignore[arg-type]
+        segment.mask[box] = edit.after  # type: ignore[index]
         segment.undo_stack.append(edit)
         segment.redo_stack.clear()
 
@@ -300,6 +310,13 @@ class InteractiveSession:
             seg, axis, index = key
             if seg == segment_id and region[axis].start <= index < region[axis].stop:
                 del self._logit_memo[key]
+
+
+def _grown_box(mask: np.ndarray, policy: PropagationPolicy) -> tuple[float, float, float, float]:
+    r0, c0, r1, c1 = box_from_mask(mask)  # type: ignore[misc]
+    grow_r = max(policy.box_margin_px, policy.box_margin_fraction * (r1 - r0 + 1))
+    grow_c = max(policy.box_margin_px, policy.box_margin_fraction * (c1 - c0 + 1))
+    return (r0 - grow_r, c0 - grow_c, r1 + grow_r, c1 + grow_c)
 
 
 def _continues(previous: np.ndarray, result: SliceResult, policy: PropagationPolicy) -> bool:

@@ -1,0 +1,208 @@
+"""InteractiveSession mechanics: coordinates end to end, undo/redo, propagation, caching, bad input."""
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from MedSAMAdapterLib.engine import geometry
+from MedSAMAdapterLib.engine.cache import EmbeddingCache
+from MedSAMAdapterLib.engine.prompts import SlicePrompts, VolumePrompts
+from MedSAMAdapterLib.engine.session import InteractiveSession
+from MedSAMAdapterLib.errors import InputError, PromptError
+from Testing.conftest import make_volume, sphere_volume
+
+
+class EchoModel(torch.nn.Module):
+    """Test double: 'segments' a disk around each positive click, or fills a box, in model space.
+
+    It makes the whole chain RAS -> ijk -> slice (row, col) -> model xy -> low-res logits -> slice mask
+    checkable exactly, independent of what a neural network would answer.
+    """
+
+    def __init__(self, image_size=64, radius=2.0):
+        super().__init__()
+        self.spec = types.SimpleNamespace(name="echo", image_size=image_size, normalization="minmax01", sha256=None)
+        self.image_encoder = torch.nn.Conv2d(3, 4, 16, 16)
+        self.radius = radius
+        self.weights_sha256 = None  # not from a file: the fingerprint hashes the state dict
+        self.requires_grad_(False)  # as load_model returns models: frozen, so embeddings may be cached
+        self.encode_calls = 0
+
+    def encode(self, images):
+        self.encode_calls += len(images)
+        return self.image_encoder(images)
+
+    def decode(self, embedding, points, labels, box, mask_logits, multimask):
+        low = self.spec.image_size // 4  # SAM's low-res logits: a quarter of the model input size
+        scale = low / self.spec.image_size
+        yy, xx = torch.meshgrid(torch.arange(low) + 0.5, torch.arange(low) + 0.5, indexing="ij")
+        logits = torch.full((low, low), -10.0)
+        if box is not None:
+            x0, y0, x1, y1 = box[0].tolist()
+            inside = (xx >= x0 * scale) & (xx <= (x1 + 1) * scale) & (yy >= y0 * scale) & (yy <= (y1 + 1) * scale)
+            logits[inside] = 10.0
+        if points is not None:
+            for (x, y), label in zip(points[0].tolist(), labels[0].tolist()):
+                disk = (xx - (x + 0.5) * scale) ** 2 + (yy - (y + 0.5) * scale) ** 2 <= self.radius**2
+                logits[disk] = 10.0 if label == 1 else -10.0
+        count = 3 if multimask else 1
+        return logits.expand(1, count, low, low).clone(), torch.linspace(0.9, 0.8, count)[None]
+
+
+def oblique_direction():
+    a, b = np.deg2rad(20), np.deg2rad(-35)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+DIRECTIONS = {
+    "identity": np.eye(3),
+    "flipped": np.diag([-1.0, -1.0, 1.0]),
+    "oblique": oblique_direction(),
+    "permuted": np.array([[0, 0, 1.0], [1.0, 0, 0], [0, 1.0, 0]]),
+}
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+@pytest.mark.parametrize("view", ["axial", "coronal", "sagittal"])
+def test_click_at_physical_point_lands_on_that_voxel(direction, view):
+    image, _ = sphere_volume(shape=(20, 30, 26))
+    volume = make_volume(image, spacing=(0.8, 1.1, 2.5), origin=(10, -20, 5), direction=DIRECTIONS[direction])
+    session = InteractiveSession(volume, EchoModel())
+    target_ijk = np.array([[7, 19, 12]])  # (i, j, k)
+    ras = volume.geometry.ijk_to_ras(target_ijk)
+    axis = geometry.axis_for_view(volume.geometry, view)
+    segment = session.add_segment("lesion")
+    session.segment_prompts(segment, VolumePrompts(volume.geometry.ras_to_ijk(ras), np.array([1])), axis)
+    mask = session.segment_mask(segment)
+    i, j, k = target_ijk[0]
+    assert mask[k, j, i], f"clicked voxel not in the mask ({direction}, {view})"
+    slices_touched = np.unique(np.nonzero(mask)[axis])
+    assert slices_touched.tolist() == [target_ijk[0][::-1][axis]]
+
+
+def test_undo_redo_restore_exact_masks():
+    image, _ = sphere_volume()
+    session = InteractiveSession(make_volume(image), EchoModel())
+    segment = session.add_segment("a")
+    session.segment_slice(segment, 0, 6, SlicePrompts([[20, 20]], [1]))
+    first = session.segment_mask(segment)
+    session.segment_slice(segment, 0, 6, SlicePrompts([[20, 20], [30, 10]], [1, 1]))
+    second = session.segment_mask(segment)
+    assert second.sum() > first.sum()
+    assert session.undo(segment) and np.array_equal(session.segment_mask(segment), first)
+    assert session.undo(segment) and not session.segment_mask(segment).any()
+    assert not session.undo(segment)
+    assert session.redo(segment) and np.array_equal(session.segment_mask(segment), first)
+    assert session.redo(segment) and np.array_equal(session.segment_mask(segment), second)
+    assert not session.redo(segment)
+
+
+def test_segments_are_independent_and_composed_into_a_label_map():
+    image, _ = sphere_volume()
+    session = InteractiveSession(make_volume(image), EchoModel())
+    a, b = session.add_segment("a"), session.add_segment("b")
+    session.segment_slice(a, 0, 6, SlicePrompts([[20, 20]], [1]))
+    before = session.segment_mask(a)
+    session.segment_slice(b, 0, 6, SlicePrompts([[30, 30]], [1]))
+    session.undo(b)
+    assert np.array_equal(session.segment_mask(a), before)
+    labels = session.label_volume()
+    assert set(np.unique(labels)) == {0, 1}
+
+
+def test_new_edit_clears_redo():
+    image, _ = sphere_volume()
+    session = InteractiveSession(make_volume(image), EchoModel())
+    s = session.add_segment("a")
+    session.segment_slice(s, 0, 6, SlicePrompts([[20, 20]], [1]))
+    session.undo(s)
+    session.segment_slice(s, 0, 5, SlicePrompts([[20, 20]], [1]))
+    assert not session.redo(s)
+
+
+def test_propagation_follows_box_both_ways_as_one_undo_step():
+    image, _ = sphere_volume(shape=(12, 40, 40))
+    session = InteractiveSession(make_volume(image), EchoModel())
+    s = session.add_segment("a")
+    session.segment_slice(s, 0, 6, SlicePrompts(box_rc=(10, 10, 25, 25)))
+    written = session.propagate(s, 0, 6)
+    assert sorted(written) == [i for i in range(12) if i != 6]
+    assert session.segment_mask(s)[[0, 11]].any(axis=(1, 2)).all()
+    session.undo(s)
+    assert session.segment_mask(s)[6].any() and not session.segment_mask(s)[[0, 11]].any()
+
+
+def test_propagation_needs_a_mask_on_the_start_slice():
+    image, _ = sphere_volume()
+    session = InteractiveSession(make_volume(image), EchoModel())
+    s = session.add_segment("a")
+    with pytest.raises(PromptError, match="empty on slice"):
+        session.propagate(s, 0, 3)
+
+
+def test_3d_box_is_limited_to_its_slice_range():
+    image, _ = sphere_volume(shape=(12, 40, 40))
+    session = InteractiveSession(make_volume(image), EchoModel())
+    s = session.add_segment("a")
+    session.segment_box_3d(s, 0, (10, 10, 25, 25), 3, 8)
+    touched = np.nonzero(session.segment_mask(s).any(axis=(1, 2)))[0]
+    assert touched.min() == 3 and touched.max() == 8
+
+
+def test_embeddings_are_cached_and_reused(tmp_path):
+    image, _ = sphere_volume()
+    model = EchoModel()
+    cache = EmbeddingCache(tmp_path)
+    session = InteractiveSession(make_volume(image), model, cache=cache)
+    s = session.add_segment("a")
+    for _ in range(3):
+        session.segment_slice(s, 0, 4, SlicePrompts([[20, 20]], [1]))
+    assert model.encode_calls == 1
+    other = InteractiveSession(make_volume(image), model, cache=EmbeddingCache(tmp_path))
+    other.segment_slice(other.add_segment("b"), 0, 4, SlicePrompts([[20, 20]], [1]))
+    assert model.encode_calls == 1  # served from disk by a fresh cache
+    changed = image.copy()
+    changed[0, 0, 0] += 1
+    third = InteractiveSession(make_volume(changed), model, cache=EmbeddingCache(tmp_path))
+    third.segment_slice(third.add_segment("c"), 0, 4, SlicePrompts([[20, 20]], [1]))
+    assert model.encode_calls == 2  # new content, never a stale embedding
+
+
+def test_trainable_encoder_bypasses_the_cache(tmp_path):
+    image, _ = sphere_volume()
+    model = EchoModel()
+    model.image_encoder.weight.requires_grad_(True)
+    session = InteractiveSession(make_volume(image), model, cache=EmbeddingCache(tmp_path))
+    s = session.add_segment("a")
+    session.segment_slice(s, 0, 4, SlicePrompts([[20, 20]], [1]))
+    session.segment_slice(s, 0, 4, SlicePrompts([[20, 20]], [1]))
+    assert model.encode_calls == 2
+
+
+def test_background_precompute_embeds_every_slice_nearest_first(tmp_path):
+    image, _ = sphere_volume()
+    model = EchoModel()
+    session = InteractiveSession(make_volume(image), model, cache=EmbeddingCache(tmp_path))
+    seen = []
+    job = session.precompute(axis=0, center=5, progress=lambda done, total: seen.append((done, total)))
+    assert job.wait(timeout=60) and job.error is None
+    assert all(session.embedder.is_ready(0, i) for i in range(12))
+    assert seen[-1] == (12, 12) and job.order[:3] == [5, 6, 4]
+
+
+def test_bad_inputs_are_refused():
+    image, _ = sphere_volume()
+    session = InteractiveSession(make_volume(image), EchoModel())
+    s = session.add_segment("a")
+    with pytest.raises(PromptError):
+        session.segment_slice(s, 0, 99, SlicePrompts([[1, 1]], [1]))
+    with pytest.raises(PromptError, match="only negative"):
+        session.segment_slice(s, 0, 3, SlicePrompts([[1, 1]], [0]))
+    with pytest.raises(InputError, match="no segment"):
+        session.segment_slice("nope", 0, 3, SlicePrompts([[1, 1]], [1]))
+    with pytest.raises(InputError, match="constant"):
+        InteractiveSession(make_volume(np.ones((3, 8, 8))), EchoModel())
