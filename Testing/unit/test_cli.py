@@ -1,0 +1,92 @@
+"""CLI contract: usage errors exit 2 with one readable line, and no partial output files are left behind."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MedSAMAdapterLib import cli
+from MedSAMAdapterLib.models import registry
+
+
+@pytest.fixture
+def tiny_in_registry(monkeypatch, tiny_model):
+    """Make `--model tiny-test` load the tiny random model so CLI paths run in milliseconds."""
+    monkeypatch.setattr(registry, "load_model", lambda name, weights=None, device="cpu": tiny_model)
+
+
+@pytest.fixture
+def volume_file(tmp_path):
+    image = np.zeros((6, 40, 40), np.float32)
+    image[2:5, 10:30, 12:28] = 100
+    itk = sitk.GetImageFromArray(image)
+    itk.SetSpacing((0.8, 0.8, 2.0))
+    path = tmp_path / "vol.nii.gz"
+    sitk.WriteImage(itk, str(path))
+    return path
+
+
+def run(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_segment_writes_seg_nrrd_and_overlay(tmp_path, volume_file, tiny_in_registry, capsys):
+    out = tmp_path / "out" / "seg.seg.nrrd"
+    code, stdout, _ = run(["segment", volume_file, "-o", out, "--box", "12,10,3,27,29,3", "--name", "tumour",
+                           "--model", "tiny-test", "--no-cache"], capsys)
+    assert code == 0, stdout
+    assert out.exists() and (tmp_path / "out" / "seg_overlay.png").exists()
+    header = sitk.ReadImage(str(out))
+    assert header.GetMetaData("Segment0_Name") == "tumour"
+
+
+def test_physical_coordinates_are_accepted(tmp_path, volume_file, tiny_in_registry, capsys):
+    out = tmp_path / "seg.nii.gz"
+    # voxel (20, 20, 3) in RAS: LPS (16, 16, 6) with identity direction -> RAS (-16, -16, 6)
+    code, _, err = run(["segment", volume_file, "-o", out, "--point", "-16,-16,6", "--coords", "ras",
+                        "--model", "tiny-test", "--no-cache"], capsys)
+    assert code == 0, err
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give at least one --point or a --box"),
+        (["--point", "1,2"], "X,Y,Z"),
+        (["--point", "a,b,c"], "comma-separated numbers"),
+        (["--point", "500,2,1"], "outside"),
+        (["--box", "5,5,3,5,9,3"], "degenerate"),
+        (["--negative", "20,20,3"], "only negative"),
+        (["--point", "20,20,3", "--axis", "diagonal"], "--axis"),
+    ],
+)
+def test_usage_errors_exit_2_without_output(tmp_path, volume_file, tiny_in_registry, capsys, extra, message):
+    out = tmp_path / "seg.seg.nrrd"
+    code, _, err = run(["segment", volume_file, "-o", out, "--model", "tiny-test", "--no-cache", *extra], capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".seg*"))
+
+
+def test_unreadable_volume_and_unknown_model(tmp_path, capsys):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image")
+    code, _, err = run(["segment", bad, "-o", tmp_path / "x.nii.gz", "--point", "1,1,1"], capsys)
+    assert code == 2 and "broken.nii.gz" in err
+    code, _, err = run(["info", "--json"], capsys)
+    assert code == 0
+    code, _, err = run(["segment", bad, "-o", tmp_path / "x.nii.gz", "--point", "1,1,1", "--model", "nope"], capsys)
+    assert code == 2
+
+
+def test_argparse_usage_error_exits_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["segment"])
+    assert stop.value.code == 2
+
+
+def test_info_lists_models(capsys):
+    code, out, _ = run(["info"], capsys)
+    assert code == 0 and "litemedsam" in out
