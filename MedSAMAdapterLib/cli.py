@@ -91,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(evaluate)
     evaluate.add_argument("dataset", type=Path)
     evaluate.add_argument("--protocol", choices=("box", "clicks"), default="box")
-    evaluate.add_argument("--adapter", type=Path, help="adapter checkpoint (.safetensors)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for summary.json, report.md, plots")
     evaluate.add_argument("--max-cases", type=int)
     evaluate.add_argument("--cases", nargs="*", help="only these case names")
@@ -107,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="litemedsam", help="model name from `medsam-adapter info`")
     parser.add_argument("--weights", type=Path, help="explicit weights file (overrides the search path)")
+    parser.add_argument("--adapter", type=Path, help="adapter checkpoint (.safetensors with its .json model card)")
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     parser.add_argument("--intensity", default="auto",
                         help="auto, minmax, percentile[:lo,hi], window:center,width, or a CT preset (ct-lung, ...)")
@@ -163,9 +163,9 @@ def load_session(args, volume):
     from .engine.cache import EmbeddingCache
     from .engine.preprocessing import IntensityPolicy
     from .engine.session import InteractiveSession
-    from .models.registry import load_model
+    from .models.loading import open_model
 
-    model = load_model(args.model, weights=args.weights, device=pick_device(args.device))
+    model = open_model(args.model, weights=args.weights, adapter=args.adapter, device=pick_device(args.device))
     cache = None if args.no_cache else EmbeddingCache()
     return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity))
 
@@ -299,6 +299,8 @@ def run_demo(args) -> int:
     ]
     if args.weights:
         argv += ["--weights", str(args.weights)]
+    if args.adapter:
+        argv += ["--adapter", str(args.adapter)]
     if args.no_cache:
         argv.append("--no-cache")
     code = main(argv)

@@ -5,13 +5,13 @@ import pytest
 import SimpleITK as sitk
 
 from MedSAMAdapterLib import cli
-from MedSAMAdapterLib.models import registry
+from MedSAMAdapterLib.models import loading
 
 
 @pytest.fixture
 def tiny_in_registry(monkeypatch, tiny_model):
     """Make `--model tiny-test` load the tiny random model so CLI paths run in milliseconds."""
-    monkeypatch.setattr(registry, "load_model", lambda name, weights=None, device="cpu": tiny_model)
+    monkeypatch.setattr(loading, "load_model", lambda name, weights=None, device="cpu": tiny_model)
 
 
 @pytest.fixture
