@@ -294,7 +294,7 @@ def run_demo(args) -> int:
     sample = SAMPLES_DIR / "brain_mr.nrrd"
     output = args.out / "brain_lesion.seg.nrrd"
     argv = [
-        "segment", str(sample), "-o", str(output), "--box", "187,93,14,210,113,14", "--propagate",
+        "segment", str(sample), "-o", str(output), "--box", "162,84,11,208,153,17",
         "--name", "lesion", "--model", args.model, "--device", args.device, "--intensity", args.intensity,
     ]
     if args.weights:

@@ -44,8 +44,33 @@ def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
     return times
 
 
+def _torchvision_stand_in() -> None:
+    """segment-anything's predictor resizes with torchvision's ``resize(to_pil_image(x))``; torchvision is not a
+    dependency here (it cannot even import beside the CPU torch build), so give it the same two PIL calls."""
+    import types
+
+    from PIL import Image
+
+    if "torchvision" in sys.modules:
+        return
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional.to_pil_image = lambda array: Image.fromarray(np.asarray(array))
+    functional.resize = lambda image, size: image.resize((size[1], size[0]), Image.BILINEAR)
+    def unused(*_args, **_kwargs):
+        raise RuntimeError("only the automatic mask generator needs torchvision.ops; the benchmark does not")
+
+    boxes = types.ModuleType("torchvision.ops.boxes")
+    boxes.batched_nms = boxes.box_area = unused
+    modules = {name: types.ModuleType(name) for name in ("torchvision", "torchvision.transforms", "torchvision.ops")}
+    for module in modules.values():
+        module.__path__ = []  # a package, so submodule imports resolve through sys.modules
+    modules.update({"torchvision.transforms.functional": functional, "torchvision.ops.boxes": boxes})
+    sys.modules.update(modules)
+
+
 def sam_predictor_for(model):
     """segment-anything's own predictor around our LiteMedSAM modules (uint8 in, /255 = LiteMedSAM's [0,1])."""
+    _torchvision_stand_in()
     from segment_anything.modeling import Sam
     from segment_anything.predictor import SamPredictor
 
