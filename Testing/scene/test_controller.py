@@ -151,3 +151,40 @@ def test_prompt_free_model_adds_one_named_segment_per_class(setup, tmp_path, mon
     liver = segmentation.GetSegmentation().GetSegment(created[1])
     assert liver.GetName() == "Liver" and liver.GetColor() == (0.8, 0.4, 0.2)
     assert liver.GetTerminology() == slicer_terminology_tag(terminology_for("Liver"))
+
+
+def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
+    """The fine-tune panel's path: segments in the scene -> nnU-Net export -> trainer -> adapter that loads."""
+    import torch
+
+    from MedSAMAdapterLib.cli import build_parser
+    from MedSAMAdapterLib.models.checkpoints import load_adapter
+    from MedSAMAdapterLib.models.registry import build_tiny_test_model
+    from MedSAMAdapterLib.training.datasets import build_nnunet_split
+    from MedSAMAdapterLib.training.prompts import PromptPolicy
+    from MedSAMAdapterLib.training.trainer import TrainConfig, Trainer
+
+    controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
+    bridge = controller.segmenter(volume, segmentation)
+    ball = bridge.add_segment("ball")
+    bridge.grid.write(ball, bridge.grid.full, setup["ball"])
+    root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset901_Scene", case="a")
+    controller.export_training_case(volume, segmentation, root, case="b")
+
+    command = controller.finetune_command([root], tmp_path / "run", "decoder", 1)
+    parsed = build_parser().parse_args(command[3:])  # the background process's arguments parse as our CLI's
+    assert parsed.recipe == "decoder" and parsed.epochs == 1
+
+    split = build_nnunet_split([root], val_fraction=0.5, seed=0)
+    config = TrainConfig(recipe="decoder", model="tiny-test", epochs=1, steps_per_epoch=3, batch_size=2, lr=3e-3,
+                         cache_dir=str(tmp_path / "cache"), val_slices=2, prompt=PromptPolicy(max_clicks=2))
+    trainer = Trainer(config, split.train, split.val, tmp_path / "run", model=build_tiny_test_model())
+    trainer.fit()
+    assert trainer.adapter_path.exists()
+    assert controller.training_progress(tmp_path / "run")["epoch"] == 1
+
+    adapted = load_adapter(trainer.adapter_path, build_tiny_test_model())
+    embedding = torch.randn(1, 256, 16, 16)
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    with torch.no_grad():
+        assert adapted.decode(embedding, None, None, box, None, False)[0].shape == (1, 1, 64, 64)
