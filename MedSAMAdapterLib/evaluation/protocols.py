@@ -70,7 +70,12 @@ def evaluate_dataset(
     from ..data.nnunet import open_dataset
 
     _check_protocol(protocol)
-    adapter_path = _check_adapter(adapter)
+    if session_factory is None:
+        from ..models.loading import resolve_adapter
+
+        adapter_path = resolve_adapter(model_name, adapter)  # records the shipped default when one is used
+    else:
+        adapter_path = _check_adapter(adapter)
     dataset = open_dataset(dataset_root)
     selected = _select_cases(dataset.cases, cases, max_cases)
     out = Path(out_dir) if out_dir is not None else Path("runs") / "eval" / f"{dataset.name}-{protocol}-{model_name}"
@@ -105,9 +110,9 @@ def default_session_factory(
     from ..engine.cache import EmbeddingCache
     from ..engine.preprocessing import IntensityPolicy
     from ..engine.session import InteractiveSession
-    from ..models.loading import open_model
+    from ..models.loading import NO_ADAPTER, open_model
 
-    model = open_model(model_name, adapter=adapter, device=device)
+    model = open_model(model_name, adapter=adapter or NO_ADAPTER, device=device)
     policy = IntensityPolicy.parse(intensity) if intensity is not None else None
 
     def factory(volume: Any) -> Any:

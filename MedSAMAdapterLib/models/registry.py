@@ -58,6 +58,12 @@ class ModelSpec:
     licence: str = ""
     citation: str = ""
     description: str = ""
+    #: Adapter attached for interactive use unless the user asks otherwise (path relative to Resources/).
+    default_adapter: str | None = None
+
+    @property
+    def default_adapter_path(self) -> Path | None:
+        return MODELS_JSON.parent / self.default_adapter if self.default_adapter else None
 
     @property
     def embedding_size(self) -> int:
@@ -80,7 +86,7 @@ def _spec_from_json(entry: dict) -> ModelSpec:
         normalization=entry["normalization"], filename=entry["filename"], sha256=entry.get("sha256"),
         variant=entry.get("variant"), source_url=weights.get("url"), source_package=weights.get("package"),
         source_path=weights.get("path"), licence=entry.get("licence", ""), citation=entry.get("citation", ""),
-        description=entry.get("description", ""),
+        description=entry.get("description", ""), default_adapter=entry.get("default_adapter"),
     )
     if spec.architecture not in _ENCODER_STRIDE or spec.normalization not in NORMALIZATIONS:
         raise ValueError(f"{MODELS_JSON}: bad architecture or normalization in entry '{spec.name}'")
