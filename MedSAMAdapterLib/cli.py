@@ -1,4 +1,4 @@
-"""``medsam-adapter`` command line: info, embed, segment, evaluate, demo.
+"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, demo.
 
 A thin shell: parse arguments, convert coordinates with ``engine.geometry``, call the engine, print results.
 Usage errors and every ``MedSAMAdapterError`` exit with code 2 and one readable message, never a traceback.
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-cases", type=int)
     evaluate.add_argument("--cases", nargs="*", help="only these case names")
     evaluate.set_defaults(handler=run_evaluate)
+
+    from .training.cli_auto import add_auto_parsers
+    from .training.cli_finetune import add_finetune_parser
+
+    add_finetune_parser(commands)
+    add_auto_parsers(commands)
 
     demo = commands.add_parser("demo", help="segment the bundled sample MR volume and write outputs")
     _add_model_args(demo)

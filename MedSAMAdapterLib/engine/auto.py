@@ -1,0 +1,180 @@
+"""Automatic segmentation of a volume with a trained prompt-free head, and the hand-over to interactive refinement.
+
+    labels, segments = run_auto(volume, "Resources/Models/acdc_heart_autosam")
+    write_auto_segmentation(labels, volume.geometry, "out.seg.nrrd", segments)
+    ids = auto_then_refine(session, (labels, segments))   # one session segment per class; clicks fix one organ
+
+``run_auto`` loads the base model named in the head's model card (sha256 checked against the card), embeds the
+volume's axial planes through the embedding cache (so a following interactive session on the same volume and
+model reuses them) and predicts slice by slice (``AutoModel.predict_volume``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputError, WeightsError
+from .terminology import slicer_terminology_tag, terminology_for
+from .volume import Volume
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AutoSegment:
+    """One class of an automatic result: how it is written and shown."""
+
+    name: str
+    label_value: int
+    color: tuple[float, float, float]
+    terminology: dict[str, Any] | None = None
+    voxel_count: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label_value": self.label_value, "color": list(self.color),
+                "terminology": self.terminology, "voxel_count": self.voxel_count, **self.extra}
+
+
+def segments_for(labels: np.ndarray, classes: Sequence[Any]) -> list[AutoSegment]:
+    """``AutoSegment`` per class (``AutoClass`` or anything with name / label_value / color / terminology)."""
+    from .volume import default_color
+
+    out = []
+    for c in classes:
+        value = int(c.label_value)
+        colour = tuple(float(v) for v in (c.color or default_color(value)))[:3]
+        term = c.terminology if c.terminology is not None else terminology_for(c.name)
+        out.append(AutoSegment(c.name, value, colour, term, int(np.count_nonzero(labels == value))))  # type: ignore
+    return out
+
+
+def run_auto(
+    volume: Volume,
+    auto_model_path: str | os.PathLike,
+    device: str = "cpu",
+    progress: ProgressCallback | None = None,
+    *,
+    base_model: Any = None,
+    weights: str | os.PathLike | None = None,
+    cache: Any = None,
+) -> tuple[np.ndarray, list[AutoSegment]]:
+    """(label map (k, j, i), one ``AutoSegment`` per class) of ``volume`` with the automatic model at
+    ``auto_model_path`` (``<stem>``, ``.safetensors`` or ``.json``).
+
+    ``base_model``: an already open base model (e.g. the session's); by default the card's base model is loaded
+    (``weights`` overrides the weights file). Its identity (registry name + sha256) must match the card.
+    ``cache``: an ``EmbeddingCache`` (default: a new one on the default disk cache folder).
+    ``progress(done, total)``: embedding (first half of the total) then prediction.
+    """
+    from ..models.auto_heads import load_auto_model
+    from ..models.checkpoints import base_identity
+    from .cache import EmbeddingCache
+    from .embedder import VolumeEmbedder
+    from .preprocessing import IntensityPolicy
+
+    auto = load_auto_model(auto_model_path, device=device)
+    if base_model is None:
+        from ..models.loading import open_model
+
+        base_model = open_model(auto.base_model, weights=weights, device=device)
+    name, sha = base_identity(base_model)
+    if (name, sha) != (auto.base_model, auto.base_sha256):
+        raise WeightsError(f"automatic model {Path(auto_model_path).name} was trained on base model "
+                           f"'{auto.base_model}' (sha256 {auto.base_sha256}) but the model given is '{name}' "
+                           f"(sha256 {sha})")
+    if volume.is_rgb:
+        raise InputError("automatic segmentation of colour pictures is not supported by this head (grey only)")
+    embedder = VolumeEmbedder(volume, base_model, cache if cache is not None else EmbeddingCache(),
+                              IntensityPolicy.parse(auto.intensity))
+    count = volume.shape[0]
+    total = 2 * count
+    embedder.embed_indices(0, list(range(count)), (lambda d, _t: progress(d, total)) if progress else None)
+    labels = auto.predict_volume(volume, embedder, (lambda d, _t: progress(count + d, total)) if progress else None)
+    return labels, segments_for(labels, auto.classes)
+
+
+def auto_then_refine(session: Any, auto_result: tuple[np.ndarray, Sequence[AutoSegment]],
+                     include_empty: bool = True) -> dict[int, str]:
+    """Create one session segment per class from an automatic result; returns {label value: segment id}.
+
+    Each segment starts from its class mask (one undoable edit) and keeps the class's name, colour and label
+    value, so prompts on one segment (clicks, boxes, propagation) correct that organ without touching the others.
+    ``include_empty``: also create segments for classes the model did not find (to draw them by hand).
+    """
+    labels, segments = auto_result
+    labels = np.asarray(labels)
+    if labels.shape != tuple(session.volume.shape):
+        raise InputError(f"automatic label map shape {labels.shape} differs from the session volume "
+                         f"{tuple(session.volume.shape)}")
+    used = {s.label_value for s in session.segments.values()}
+    clash = sorted(used & {int(s.label_value) for s in segments})
+    if clash:
+        raise InputError(f"the session already has segments with label values {clash}; remove them first")
+    ids: dict[int, str] = {}
+    for seg in segments:
+        mask = labels == seg.label_value
+        if not include_empty and not mask.any():
+            continue
+        ids[int(seg.label_value)] = session.add_segment_from_mask(seg.name, mask, color=tuple(seg.color),
+                                                                  label_value=int(seg.label_value))
+    return ids
+
+
+def segment_tags(segment: AutoSegment | Mapping[str, Any]) -> str:
+    """``SegmentN_Tags`` value: status + the Slicer ``TerminologyEntry`` when the class has terminology."""
+    term = segment.terminology if isinstance(segment, AutoSegment) else segment.get("terminology")
+    if term is None:
+        name = segment.name if isinstance(segment, AutoSegment) else segment.get("name", "")
+        term = terminology_for(name)
+    tags = "Segmentation.Status:inprogress|"
+    if term:
+        tags += f"TerminologyEntry:{slicer_terminology_tag(term)}|"
+    return tags
+
+
+def write_auto_segmentation(labels: np.ndarray, geometry: Any, path: str | os.PathLike,
+                            classes: Sequence[AutoSegment]) -> Path:
+    """Write an automatic result: ``.seg.nrrd`` with named, coloured segments whose tags carry the SNOMED CT
+    terminology (Slicer shows it in the segment's terminology); other formats via ``volume.write_label_map``.
+
+    ``volume.write_label_map`` cannot take tags yet, so the ``.seg.nrrd`` header is built here from
+    ``volume.segmentation_metadata`` and the ``SegmentN_Tags`` fields are replaced (atomic write).
+    """
+    import SimpleITK as sitk
+
+    from .atomic import atomic_path
+    from .volume import segmentation_metadata, write_label_map
+
+    path = Path(path)
+    names = {int(c.label_value): c.name for c in classes}
+    colors = {int(c.label_value): tuple(c.color) for c in classes}
+    if not path.name.lower().endswith(".seg.nrrd"):
+        return write_label_map(labels, geometry, path, names, colors)
+    arr = np.asarray(labels)
+    arr = arr[None] if arr.ndim == 2 else arr
+    if arr.ndim != 3 or arr.dtype.kind not in "uib" or (arr.size and arr.min() < 0):
+        raise InputError(f"label map must be (k, j, i) non-negative integers, got {arr.dtype} {arr.shape}")
+    arr = arr.astype(np.uint8 if arr.max(initial=0) <= 255 else np.uint16)
+    meta = segmentation_metadata(arr, names, colors)
+    by_value = {int(c.label_value): c for c in classes}
+    n = 0
+    while f"Segment{n}_LabelValue" in meta:
+        value = int(meta[f"Segment{n}_LabelValue"])
+        if value in by_value:
+            meta[f"Segment{n}_Tags"] = segment_tags(by_value[value])
+        n += 1
+    image = geometry.apply_to_sitk(sitk.GetImageFromArray(arr, isVector=False))
+    for key, value in meta.items():
+        image.SetMetaData(key, value)
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as exc:
+            raise InputError(f"{path.name}: cannot be written ({str(exc).strip().splitlines()[-1]})") from None
+    return path

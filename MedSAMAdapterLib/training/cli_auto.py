@@ -1,0 +1,205 @@
+"""``medsam-adapter auto`` (automatic segmentation with a trained head) and ``medsam-adapter train-auto``.
+
+Wiring (in ``MedSAMAdapterLib/cli.py``)::
+
+    from .training.cli_auto import add_auto_parsers
+    add_auto_parsers(commands)          # adds 'auto' (handler=run_auto_command) and 'train-auto' (run_train_auto)
+
+Handlers raise ``MedSAMAdapterError`` for problems the user can fix and return 0 on success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .cli_finetune import RichProgress, parse_labels
+
+
+def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Add the ``auto`` and ``train-auto`` subcommands; returns their parsers."""
+    from ..models.auto_heads import HEAD_TYPES
+
+    auto = subparsers.add_parser(
+        "auto", help="automatic (prompt-free) segmentation with a trained head",
+        description="Segment every class of an automatic model (AutoSAM-style head on a frozen encoder) slice by "
+                    "slice along the first array axis. Writes a label map; .seg.nrrd segments carry names, colours "
+                    "and SNOMED CT terminology.")
+    auto.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA, DICOM folder, PNG/JPG")
+    auto.add_argument("--model", type=Path, required=True, metavar="AUTO_MODEL_PATH",
+                      help="automatic model: <stem>.safetensors + <stem>.json (either name, or the stem)")
+    auto.add_argument("-o", "--output", type=Path, required=True, help=".seg.nrrd, .nii.gz, .nrrd, .mha or .png")
+    auto.add_argument("--weights", type=Path, help="explicit weights file of the card's base model")
+    auto.add_argument("--device", default="cpu", help="cpu|cuda|cuda:N (default: %(default)s)")
+    auto.add_argument("--overlay", type=Path, metavar="PNG", help="also save a picture of the middle labelled slice")
+    auto.add_argument("--no-cache", action="store_true", help="do not read or write the disk embedding cache")
+    auto.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
+    auto.add_argument("--json", action="store_true", help="print the segment summary as JSON")
+    auto.set_defaults(handler=run_auto_command)
+
+    t = subparsers.add_parser(
+        "train-auto", help="train an automatic segmentation head on an nnU-Net raw folder (frozen encoder)",
+        description="Train an AutoSAM-style head (vit / cnn / linear) on cached embeddings of a frozen base model. "
+                    "All selected labels are classes of one softmax. 3D volumes are trained on their axial planes. "
+                    "Writes <out>/auto_model.safetensors + .json (model card), history.json, training_curve.png.")
+    t.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="nnU-Net raw dataset folder")
+    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
+    t.add_argument("--head", choices=HEAD_TYPES, default="vit",
+                   help="vit: SAM-decoder-style class tokens (init from the base decoder); cnn: conv stages; "
+                        "linear: 1x1 conv probe (default: %(default)s)")
+    t.add_argument("--context", action="store_true", help="2.5D: also feed the embeddings of the neighbouring slices")
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--lr", type=float, help="peak learning rate (default: vit 2e-4, cnn 1e-3, linear 1e-2)")
+    t.add_argument("--weight-decay", type=float, default=0.01)
+    t.add_argument("--patience", type=int, default=10, help="early stop after N epochs without improvement (0: off)")
+    t.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    t.add_argument("--labels", action="append", default=[], metavar="NAME|VALUE[,...]",
+                   help="classes to train (names or values; comma-separated or repeated); default all labels")
+    t.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="explicit training cases or patients (e.g. patient030); default: the split's training part")
+    t.add_argument("--val-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="explicit validation cases or patients; default: a patient-grouped split")
+    t.add_argument("--max-train-patients", type=int, metavar="N",
+                   help="few-shot: keep N training patients (seeded choice; all frames of a patient together)")
+    t.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
+    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
+    t.add_argument("--cnn-channels", metavar="C0,C1,...", help="CNN head stage widths (default: 128,64,32)")
+    t.add_argument("--cnn-convs", metavar="N0,N1,...", help="3x3 convs per CNN stage (default: 1,1,0)")
+    t.add_argument("--vit-depth", type=int, help="two-way transformer layers of the ViT head (default: 2, as SAM)")
+    t.add_argument("--no-base-init", action="store_true", help="ViT head: random init instead of the base decoder")
+    t.add_argument("--embedding-dropout", type=float, default=0.0, help="channel dropout on the embeddings")
+    t.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
+                   help="dtype of the saved head tensors (float16 halves the file)")
+    t.add_argument("--model", default="litemedsam", help="base model from `medsam-adapter info` (default: %(default)s)")
+    t.add_argument("--weights", type=Path, help="explicit base weights file")
+    t.add_argument("--intensity", default="auto",
+                   help="auto, minmax, percentile[:lo,hi], window:center,width or a CT preset (default: auto)")
+    t.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only (no disk cache)")
+    t.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
+    t.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(handler=run_train_auto)
+    return auto, t
+
+
+def _int_list(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _items(values: list[str]) -> list[str] | None:
+    return parse_labels(values)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~.auto_train.AutoTrainConfig` described by parsed ``train-auto`` arguments."""
+    from ..engine.preprocessing import IntensityPolicy
+    from .auto_train import AutoTrainConfig
+
+    options: dict[str, Any] = {}
+    if args.head == "cnn":
+        if args.cnn_channels:
+            options["channels"] = _int_list(args.cnn_channels, "--cnn-channels")
+        if args.cnn_convs:
+            options["convs_per_stage"] = _int_list(args.cnn_convs, "--cnn-convs")
+    if args.head == "vit" and args.vit_depth:
+        options["depth"] = int(args.vit_depth)
+    return AutoTrainConfig(
+        head=args.head, context=args.context, head_options=options, model=args.model,
+        weights=str(args.weights) if args.weights else None, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, patience=args.patience or None, val_every=args.val_every,
+        seed=args.seed, device=args.device, intensity=IntensityPolicy.parse(args.intensity).id,
+        cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_on_disk=not args.no_cache,
+        init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype)
+
+
+def run_train_auto(args: argparse.Namespace) -> int:
+    import torch
+
+    from .auto_train import build_auto_split, train_auto
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    config = config_from_args(args)
+    split = build_auto_split(args.dataset, parse_labels(args.labels), args.val_fraction, args.seed,
+                             _items(args.train_cases), _items(args.val_cases), args.max_train_patients,
+                             args.val_patients, config.intensity)
+    print(f"training patients: {', '.join(split.description['train_patients'])}", file=sys.stderr)
+    print(f"validation patients: {', '.join(split.description['val_patients']) or '(none)'}", file=sys.stderr)
+    started = time.perf_counter()
+    with AutoRichProgress() as display:
+        result = train_auto(config, split.train, split.val, args.out, split.labels, progress=display,
+                            data_description=split.description)
+    if result.best:
+        m = result.best["metrics"]
+        dice = "  ".join(f"{k[len('val_dice_'):]} {v:.3f}" for k, v in m.items() if k.startswith("val_dice_")
+                         and v is not None)
+        print(f"best epoch {result.best['epoch']}" + (f": {dice}" if dice else ""))
+    print(f"model: {result.model_path} (+ .json card); {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+class AutoRichProgress(RichProgress):
+    """``RichProgress`` of ``finetune`` with per-class validation Dice in the epoch lines."""
+
+    def __call__(self, event: Any) -> None:
+        if event.kind == "validation":
+            return  # printed with the epoch line
+        if event.kind == "epoch":
+            m = event.metrics
+            dice = "  ".join(f"{k[len('val_dice_'):]} {v:.3f}" for k, v in m.items()
+                             if k.startswith("val_dice_") and v is not None)
+            self.console.print(f"epoch {event.epoch}/{event.epochs}: loss {m['loss']:.4f}  "
+                               f"{m['train_seconds']:.1f} s" + (f"  val Dice {dice}" if dice else ""))
+            return
+        if event.kind == "done":
+            return
+        super().__call__(event)
+
+
+def run_auto_command(args: argparse.Namespace) -> int:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..engine.auto import run_auto, write_auto_segmentation
+    from ..engine.cache import EmbeddingCache
+    from ..engine.volume import read_volume, write_overlay_png
+
+    volume = read_volume(args.volume)
+    cache = EmbeddingCache(args.cache_dir / "embeddings" if args.cache_dir else None, use_disk=not args.no_cache)
+    console = Console(file=sys.stderr)
+    started = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("embedding + prediction (slices x 2)", total=2 * volume.shape[0])
+        labels, segments = run_auto(volume, args.model, args.device,
+                                    lambda done, total: bar.update(task, completed=done, total=total),
+                                    weights=args.weights, cache=cache)
+    out = write_auto_segmentation(labels, volume.geometry, args.output, segments)
+    if args.overlay:
+        write_overlay_png(volume, labels, args.overlay, colors={s.label_value: s.color for s in segments})
+    voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
+    rows = [{**s.to_dict(), "terminology": (s.terminology or {}).get("type", {}).get("CodeMeaning")}
+            for s in segments]
+    if args.json:
+        print(json.dumps({"output": str(out), "segments": rows}, indent=2))
+    else:
+        for s in segments:
+            size = f"{s.voxel_count} voxels" if volume.is_2d else f"{s.voxel_count * voxel_ml:.1f} ml"
+            print(f"{s.label_value:3d}  {s.name:<24s} {size}")
+        print(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    return 0
