@@ -33,14 +33,17 @@ from MedSAMAdapterLib.engine.volume import read_volume  # noqa: E402
 from MedSAMAdapterLib.models.registry import load_model  # noqa: E402
 
 
-def timed(fn, repeats: int, warmup: int = 2) -> list[float]:
+def timed_pair(ours, peer, repeats: int, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Alternate the two runs so a busy machine slows both alike (shared CI/dev machines are noisy)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        ours()
+        peer()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, bucket in ((ours, times[0]), (peer, times[1])):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
     return times
 
 
@@ -99,21 +102,21 @@ def run(volume_path: Path, repeats: int, device: str) -> dict:
 
     # prompt -> mask on an embedded slice
     session.embedder.embedding(axis, center)
-    ours_cached = timed(lambda: session.segment_slice(segment, axis, center, SlicePrompts(box_rc=box)), repeats)
     predictor.set_image(planes[center])
-    peer_cached = timed(lambda: predictor.predict(box=sam_box, multimask_output=False), repeats)
+    ours_cached, peer_cached = timed_pair(
+        lambda: session.segment_slice(segment, axis, center, SlicePrompts(box_rc=box)),
+        lambda: predictor.predict(box=sam_box, multimask_output=False), repeats)
 
     # first prompt on a fresh slice: no cache, so every call embeds again
     fresh = max(3, repeats // 4)
     fresh_segment = uncached.add_segment("fresh")
-    ours_fresh = timed(lambda: uncached.segment_slice(fresh_segment, axis, center, SlicePrompts(box_rc=box)),
-                       fresh, warmup=1)
-
     def peer_fresh():
         predictor.set_image(planes[center])
         predictor.predict(box=sam_box, multimask_output=False)
 
-    peer_fresh_times = timed(peer_fresh, fresh, warmup=1)
+    ours_fresh, peer_fresh_times = timed_pair(
+        lambda: uncached.segment_slice(fresh_segment, axis, center, SlicePrompts(box_rc=box)), peer_fresh,
+        fresh, warmup=1)
 
     # whole-volume embedding throughput
     from MedSAMAdapterLib.engine.embedder import VolumeEmbedder
