@@ -223,7 +223,6 @@ def run_embed(args) -> int:
 
 
 def run_segment(args) -> int:
-    from .engine.prompts import VolumePrompts
     from .engine.volume import read_volume
 
     volume = read_volume(args.volume)

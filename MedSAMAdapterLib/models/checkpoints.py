@@ -35,7 +35,7 @@ def adapter_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def _sha256(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """Not memoised (unlike ``registry.file_sha256``): adapter files are small and may be rewritten in place."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -102,7 +102,7 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, recipe: str, base_mo
     with atomic_path(tensors_path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "recipe": peft.recipe, "base_model": name,
                                                "base_sha256": sha})
-        card["tensors"] = {"file": tensors_path.name, "sha256": _sha256(tmp), "count": len(tensors)}
+        card["tensors"] = {"file": tensors_path.name, "sha256": file_digest(tmp), "count": len(tensors)}
     write_text_atomic(card_path, json.dumps(card, indent=2, default=_json_default) + "\n")
     return tensors_path
 
@@ -131,7 +131,7 @@ def _read_tensors(path: str | os.PathLike, card: dict[str, Any]) -> dict:
     tensors_path = adapter_paths(path)[0]
     if not tensors_path.is_file():
         raise WeightsError(f"adapter tensors {tensors_path} not found (its card {adapter_paths(path)[1]} exists)")
-    actual, expected = _sha256(tensors_path), card.get("tensors", {}).get("sha256")
+    actual, expected = file_digest(tensors_path), card.get("tensors", {}).get("sha256")
     if actual != expected:
         raise WeightsError(f"adapter tensors {tensors_path} have sha256 {actual} but the card expects {expected} "
                            f"(corrupt, truncated or replaced file)")

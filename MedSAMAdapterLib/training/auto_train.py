@@ -51,7 +51,7 @@ from .datasets import SLICE_AXIS, TrainingCase
 from .trainer import TrainEvent, _finite_or_none, _lr_lambda, _nanmean, _param_groups, dice_np, resolve_device
 
 MODEL_STEM = "auto_model"
-DEFAULT_LR = {"vit": 2e-4, "cnn": 1e-3, "linear": 1e-2}
+DEFAULT_LR = {"vit": 5e-4, "cnn": 3e-3, "linear": 1e-2}
 ProgressCallback = Callable[[TrainEvent], None]
 
 

@@ -55,7 +55,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--context", action="store_true", help="2.5D: also feed the embeddings of the neighbouring slices")
     t.add_argument("--epochs", type=int, default=50)
     t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, help="peak learning rate (default: vit 2e-4, cnn 1e-3, linear 1e-2)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: vit 5e-4, cnn 3e-3, linear 1e-2)")
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--patience", type=int, default=10, help="early stop after N epochs without improvement (0: off)")
     t.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
