@@ -140,6 +140,9 @@ class VolumeEmbedder:
         with self._encoder_lock, torch.inference_mode():
             embeddings = self.model.encode(batch)
         if self._use_cache:
+            # The cache stores fp16: hand out the same rounded values now, so a result never depends on
+            # whether its embedding was just computed or read back from the cache.
+            embeddings = embeddings.half()
             for index, embedding in zip(indices, embeddings):
                 self.cache.put(self.key(axis, index), embedding.unsqueeze(0))  # type: ignore[union-attr]
         return embeddings.float()
