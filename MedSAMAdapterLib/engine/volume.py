@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..errors import InputError
@@ -27,6 +26,19 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".seg.nrrd")
 LABEL_WRITE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 OVERLAY_ALPHA = 0.45
+
+
+class _SimpleITKOnDemand:
+    """SimpleITK, imported at the first file read or write: in-memory work (training from packed arrays on a
+    GPU worker that lacks SimpleITK, the Slicer scene bridge) does not need it."""
+
+    def __getattr__(self, name: str) -> Any:
+        import SimpleITK
+
+        return getattr(SimpleITK, name)
+
+
+sitk = _SimpleITKOnDemand()
 
 #: Default segment colours (r, g, b in 0..1), Slicer-like: green, yellow, blue, red, ...
 DEFAULT_COLORS: tuple[tuple[float, float, float], ...] = (

@@ -160,7 +160,7 @@ def build_auto_split(
     many patients held out (instead of ``val_fraction``). ``max_train_patients``: keep the first N training
     patients of a seeded permutation (few-shot runs; both frames of a patient stay together).
     """
-    from ..data.nnunet import default_group, open_dataset, split_cases
+    from ..data.nnunet import default_group, open_dataset
     from .datasets import load_nnunet_cases, resolve_labels
 
     dataset = open_dataset(root)
@@ -168,7 +168,36 @@ def build_auto_split(
     if not chosen:
         raise InputError(f"none of the labels {list(labels or [])} exists in {dataset.name} "
                          f"(labels: {dataset.labels})")
-    cases = list(dataset.cases)
+    train, val = choose_split(list(dataset.cases), val_fraction, seed, train_cases, val_cases,
+                              max_train_patients, val_patients)
+    if not train:
+        raise InputError(f"no training cases left in {dataset.name}")
+    description = {
+        "source": "nnunet", "dataset": dataset.name, "root": str(Path(root).resolve()),
+        "dimensionality": dataset.dimensionality, "labels": {str(v): n for v, n in chosen.items()},
+        "train_cases": train, "val_cases": val,
+        "train_patients": sorted({default_group(c) for c in train}),
+        "val_patients": sorted({default_group(c) for c in val}),
+        "split_seed": seed, "licence": dataset.metadata.get("licence"), "intensity": intensity,
+        "slice_axis": SLICE_AXIS,
+    }
+    return AutoSplit(load_nnunet_cases(dataset, train, chosen, intensity),
+                     load_nnunet_cases(dataset, val, chosen, intensity) if val else [], chosen, description)
+
+
+def choose_split(
+    cases: Sequence[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train_cases: Sequence[str] | None = None,
+    val_cases: Sequence[str] | None = None,
+    max_train_patients: int | None = None,
+    val_patients: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """(train, val) case names for ``build_auto_split`` (see there); also used to pack cases for a GPU worker."""
+    from ..data.nnunet import default_group, split_cases
+
+    cases = list(cases)
     if val_cases:
         val = _expand_cases(val_cases, cases, "validation case")
         rest = [c for c in cases if c not in val]
@@ -190,19 +219,7 @@ def build_auto_split(
         order = np.random.default_rng(seed).permutation(len(groups))
         keep = {groups[i] for i in order[:max_train_patients]}
         train = sorted(c for c in train if default_group(c) in keep)
-    if not train:
-        raise InputError(f"no training cases left in {dataset.name}")
-    description = {
-        "source": "nnunet", "dataset": dataset.name, "root": str(Path(root).resolve()),
-        "dimensionality": dataset.dimensionality, "labels": {str(v): n for v, n in chosen.items()},
-        "train_cases": train, "val_cases": val,
-        "train_patients": sorted({default_group(c) for c in train}),
-        "val_patients": sorted({default_group(c) for c in val}),
-        "split_seed": seed, "licence": dataset.metadata.get("licence"), "intensity": intensity,
-        "slice_axis": SLICE_AXIS,
-    }
-    return AutoSplit(load_nnunet_cases(dataset, train, chosen, intensity),
-                     load_nnunet_cases(dataset, val, chosen, intensity) if val else [], chosen, description)
+    return train, val
 
 
 def nearest_model_target(classes2d: np.ndarray, transform: SliceTransform, size: int | None = None) -> np.ndarray:
