@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     serve.add_argument("--intensity", default="auto", help="intensity policy, as for `segment`")
     serve.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted (default: 1024)")
+    serve.add_argument("--torch-threads", type=int, help="CPU threads for the model (default: half the cores)")
     serve.add_argument("--work-dir", type=Path, help="uploads, downloads and fine-tune runs (default: a temp dir)")
     serve.set_defaults(handler=run_serve)
 
@@ -320,7 +321,8 @@ def run_serve(args) -> int:
         raise InputError(f"the web viewer needs its extra: pip install 'medsam-adapter[web]' ({error})") from None
     return serve(ServeOptions(volumes=args.volumes, host=args.host, port=args.port, token=args.token,
                               data_dirs=args.data_dir, model=args.model, adapter=args.adapter, device=args.device,
-                              intensity=args.intensity, max_upload_mb=args.max_upload_mb, work_dir=args.work_dir))
+                              intensity=args.intensity, max_upload_mb=args.max_upload_mb, work_dir=args.work_dir,
+                              torch_threads=args.torch_threads))
 
 
 def run_demo(args) -> int:

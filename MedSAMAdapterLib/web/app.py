@@ -26,7 +26,7 @@ from ..errors import MedSAMAdapterError
 from ..scene import ModelSettings, SceneController
 from .effect import MedSamEffect
 from .finetune import RECIPES, FinetuneJob, png_data_url, start_finetune
-from .interaction import Gesture
+from .interaction import Gesture, xy_to_ras
 from .security import DataRoots, UploadLimit
 from .session import WebSession
 
@@ -102,9 +102,18 @@ class MedSamWebApp(TrameApp):
         self.session.precompute("axial")
 
     # --- gestures and buttons ------------------------------------------------------------------------------------
-    def _on_gesture(self, view: str, xy_to_ras: np.ndarray, gesture: Gesture) -> None:
+    def _on_gesture(self, view: str, xy_to_ras_matrix: np.ndarray, gesture: Gesture) -> None:
         self.state.last_view = view
-        self._guard(lambda: self.session.gesture(xy_to_ras, gesture))
+        if self._guard(lambda: self.session.gesture(xy_to_ras_matrix, gesture)) is not None:
+            self._jump_other_views(view, xy_to_ras(xy_to_ras_matrix, np.mean(gesture.points, axis=0)))
+
+    def _jump_other_views(self, view: str, ras: np.ndarray) -> None:
+        """Move the other slice views through the prompted point (as Slicer's Shift+move does), so the new
+        segment is seen in all three orientations; their in-plane position and zoom stay."""
+        for other in self.slicer.view_manager.get_slice_views():
+            node = other.get_view_node()
+            if node is not None and (node.GetLayoutName() or node.GetName()) != view:
+                node.JumpSliceByOffsetting(*(float(v) for v in ras))
 
     def _guard(self, action: Callable[[], Any]) -> Any:
         """Run an action; show a user error in the page instead of raising, then refresh what the page shows."""
@@ -170,6 +179,8 @@ class MedSamWebApp(TrameApp):
         def _show_3d(show_3d: bool, **_: Any) -> None:
             if self.session.segmentation_node is not None:
                 self.slicer.segmentation_editor.set_surface_representation_enabled(bool(show_3d))
+                for view in self.slicer.view_manager.get_threed_views():
+                    view.reset_view()  # frame the segments: the empty 3D view was fitted to nothing
 
     def _bind_triggers(self) -> None:
         ctrl, session = self.server.controller, self.session
