@@ -104,6 +104,8 @@ class WebSession:
         if self.embedding is not None:
             self.embedding.cancel()
             self.embedding = None
+        if self.volume_node is not None:
+            self.controller.forget(self.volume_node.GetID())  # its session, background embedder and undo history
         self.volume_node = volume_node
         self.segmentation_node = self.scene.AddNewNodeByClass(
             "vtkMRMLSegmentationNode", f"{volume_node.GetName()} segmentation")

@@ -70,3 +70,24 @@ def test_click_box_and_undo_in_the_browser(server):
         assert status["segments"][0]["voxels"] == first["voxels"] and status["can_redo"]
         time.sleep(0.5)
         assert page.locator("#medsam-error").count() == 0
+
+
+def test_upload_limits_unreadable_files_and_download(server, tmp_path):
+    code, body = server.get("/api/download?format=seg.nrrd")
+    assert code in (200, 400)  # 400 when no segment exists yet: the reason is in the body
+    assert server.get("/api/download?format=exe")[0] == 400
+    big = tmp_path / "big.nrrd"
+    big.write_bytes(b"\0" * (2 * 1024 * 1024))
+    with chromium_page() as page:
+        open_viewer(page, server)
+        page.click("text=Files")
+        garbage = tmp_path / "garbage.nii.gz"
+        garbage.write_bytes(b"this is not an image")
+        page.set_input_files("#medsam-upload", str(garbage))
+        page.wait_for_selector("#medsam-error", timeout=30_000)
+        assert "garbage.nii.gz" in page.inner_text("#medsam-error")
+        assert server.status()["volume"] == "brain_mr"  # still serving the previous volume
+        page.evaluate("window.medsamUploadLimit = 1024 * 1024")  # the server's own cap is checked below
+        page.set_input_files("#medsam-upload", str(big))
+        page.wait_for_function("document.querySelector('#medsam-error').innerText.includes('too large')",
+                               timeout=30_000)
