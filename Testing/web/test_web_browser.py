@@ -91,3 +91,8 @@ def test_upload_limits_unreadable_files_and_download(server, tmp_path):
         page.set_input_files("#medsam-upload", str(big))
         page.wait_for_function("document.querySelector('#medsam-error').innerText.includes('too large')",
                                timeout=30_000)
+        page.evaluate("window.medsamUploadLimit = 0")
+        page.set_input_files("#medsam-upload", str(SAMPLE.with_name("breast_us.png")))
+        status = wait_until(lambda: (s := server.status())["volume"] == "breast_us" and s, 60,
+                            what="the uploaded picture to become the volume")
+        assert status["shape"] == [1, 471, 562] and status["segments"] == []
