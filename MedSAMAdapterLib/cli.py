@@ -1,4 +1,4 @@
-"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, demo.
+"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, serve, demo.
 
 A thin shell: parse arguments, convert coordinates with ``engine.geometry``, call the engine, print results.
 Usage errors and every ``MedSAMAdapterError`` exit with code 2 and one readable message, never a traceback.
@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_parser(commands)
     add_auto_parsers(commands)
+
+    serve = commands.add_parser("serve", help="browser viewer (trame-slicer): click / box / propagate in a web page")
+    serve.add_argument("volumes", nargs="*", type=Path, metavar="VOLUME",
+                       help="volumes to open (default: the bundled brain MR sample)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (0: any free port)")
+    serve.add_argument("--token", help="access token the page URL must carry (?token=...); required off loopback")
+    serve.add_argument("--data-dir", action="append", default=[], type=Path, metavar="DIR",
+                       help="folder whose files the page may open and save into (repeatable)")
+    serve.add_argument("--model", default="litemedsam", help="model name from `medsam-adapter info`")
+    serve.add_argument("--adapter", help="adapter checkpoint (default: the model's shipped one; 'none' for none)")
+    serve.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
+    serve.add_argument("--intensity", default="auto", help="intensity policy, as for `segment`")
+    serve.add_argument("--max-upload-mb", type=int, default=1024, help="largest upload accepted (default: 1024)")
+    serve.add_argument("--torch-threads", type=int, help="CPU threads for the model (default: half the cores)")
+    serve.add_argument("--work-dir", type=Path, help="uploads, downloads and fine-tune runs (default: a temp dir)")
+    serve.set_defaults(handler=run_serve)
 
     demo = commands.add_parser("demo", help="segment the bundled sample MR volume and write outputs")
     _add_model_args(demo)
@@ -292,6 +309,20 @@ def run_evaluate(args) -> int:
     print(json.dumps(summary.get("mean", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")
     return 0
+
+
+def run_serve(args) -> int:
+    from .web.security import check_bind
+
+    check_bind(args.host, args.token)  # before importing trame-slicer: refusing needs none of it
+    try:
+        from .web.server import ServeOptions, serve
+    except ImportError as error:
+        raise InputError(f"the web viewer needs its extra: pip install 'medsam-adapter[web]' ({error})") from None
+    return serve(ServeOptions(volumes=args.volumes, host=args.host, port=args.port, token=args.token,
+                              data_dirs=args.data_dir, model=args.model, adapter=args.adapter, device=args.device,
+                              intensity=args.intensity, max_upload_mb=args.max_upload_mb, work_dir=args.work_dir,
+                              torch_threads=args.torch_threads))
 
 
 def run_demo(args) -> int:

@@ -1,0 +1,156 @@
+"""WebSession (what the page's buttons and mouse gestures do) on a real MRML scene with a stand-in model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed: pip install .[scene]")
+
+import SimpleITK as sitk  # noqa: E402
+
+from MedSAMAdapterLib.engine.cache import EmbeddingCache  # noqa: E402
+from MedSAMAdapterLib.errors import InputError, PromptError  # noqa: E402
+from MedSAMAdapterLib.scene import SceneController, load_segmentation  # noqa: E402
+from MedSAMAdapterLib.scene.volumes import matrix_to_numpy  # noqa: E402
+from MedSAMAdapterLib.web.interaction import Gesture, ras_to_xy  # noqa: E402
+from MedSAMAdapterLib.web.session import WebSession, hex_to_rgb, rgb_to_hex  # noqa: E402
+from Testing.helpers import BrightRegionModel, ball_array, new_scene, slice_node  # noqa: E402
+
+SPACING = (0.8, 1.3, 2.5)
+
+
+@pytest.fixture
+def ball_file(tmp_path):
+    image, ball = ball_array(spacing=SPACING)
+    itk = sitk.GetImageFromArray(image)
+    itk.SetSpacing(SPACING)
+    itk.SetOrigin((5.0, -7.0, 3.0))
+    path = tmp_path / "ball.nrrd"
+    sitk.WriteImage(itk, str(path))
+    return path, ball
+
+
+@pytest.fixture
+def session(tmp_path, ball_file):
+    scene = new_scene()
+    controller = SceneController(scene, loader=lambda settings: BrightRegionModel(),
+                                 cache=EmbeddingCache(tmp_path / "cache"))
+    web = WebSession(scene, controller)
+    seen = []
+    web.volume_changed.append(seen.append)
+    web.load_volume(ball_file[0])
+    assert seen == [web.volume_node] and web.volume_node.GetName() == "ball"
+    return web
+
+
+def view_at(session, orientation, ijk):
+    """A slice node through voxel ``ijk`` and the display pixel showing it."""
+    ras = (session.segmenter().volume.geometry.ijk_to_ras_matrix() @ np.r_[ijk, 1.0])[:3]
+    node = slice_node(session.scene, orientation, ras)
+    matrix = matrix_to_numpy(node.GetXYToRAS())
+    return matrix, tuple(ras_to_xy(matrix, ras))
+
+
+def test_click_in_a_slice_view_creates_a_segment_with_the_object(session, ball_file):
+    ball = ball_file[1]
+    matrix, xy = view_at(session, "Axial", (22, 20, 12))
+    result = session.gesture(matrix, Gesture("click", (xy,), 1))
+    assert result.slices == (12,) and len(session.segment_ids()) == 1  # the first click made "Segment 1"
+    mask = session.segmenter().segment_mask(session.active_segment)
+    assert mask[12].sum() > 0 and (mask[12] & ~ball[12]).sum() == 0
+    rows = session.segment_rows()
+    assert rows[0].name == "Segment 1" and rows[0].voxels == int(mask.sum())
+    status = session.status()
+    assert status["can_undo"] and status["segments"][0]["voxels"] > 0 and "click" in status["last"]["message"]
+    assert session.undo() and session.segment_rows()[0].voxels == 0 and session.can_redo()
+    assert session.redo() and session.segment_rows()[0].voxels == int(mask.sum())
+
+
+def test_box_dragged_on_a_sagittal_view_and_propagation(session, ball_file):
+    ball = ball_file[1]
+    matrix, centre = view_at(session, "Sagittal", (22, 20, 12))
+    corners = ((centre[0] - 30, centre[1] - 30), (centre[0] + 30, centre[1] + 30))
+    result = session.gesture(matrix, Gesture("box", corners))
+    assert result.axis == 2 and result.slices == (22,)  # sagittal = constant i
+    session.propagate()
+    mask = session.segmenter().segment_mask(session.active_segment)
+    assert 2 * (mask & ball).sum() / (mask.sum() + ball.sum()) > 0.8
+
+
+def test_negative_click_and_errors_reach_the_caller(session):
+    matrix, xy = view_at(session, "Axial", (22, 20, 12))
+    session.gesture(matrix, Gesture("click", (xy,), 1))
+    before = session.segment_rows()[0].voxels
+    session.gesture(matrix, Gesture("click", (xy,), 0))
+    assert session.segment_rows()[0].voxels < before
+    with pytest.raises(PromptError):
+        session.gesture(matrix, Gesture("click", ((-5000.0, -5000.0),), 1))  # outside the volume
+
+
+def test_segment_list_actions(session):
+    first = session.add_segment("liver", "#ff0000")
+    second = session.add_segment()
+    assert session.active_segment == second
+    session.rename_segment(first, "  tumour ")
+    session.recolor_segment(first, "#00ff00")
+    row = session.segment_rows()[0]
+    assert (row.name, row.color) == ("tumour", "#00ff00")
+    session.select_segment(first)
+    session.delete_segment(first)
+    assert session.segment_ids() == [second] and session.active_segment == second
+    for bad in (lambda: session.rename_segment(second, " "), lambda: session.recolor_segment(second, "red"),
+                lambda: session.select_segment("nope"), lambda: session.delete_segment("nope")):
+        with pytest.raises(InputError):
+            bad()
+
+
+def test_save_as_seg_nrrd_and_nifti(session, tmp_path):
+    with pytest.raises(InputError, match="no segments"):
+        session.save_segmentation(tmp_path / "empty.seg.nrrd")
+    matrix, xy = view_at(session, "Axial", (22, 20, 12))
+    session.gesture(matrix, Gesture("click", (xy,), 1))
+    session.rename_segment(session.active_segment, "ball")
+    seg_path = session.save_segmentation(tmp_path / "out.seg.nrrd")
+    loaded = load_segmentation(session.scene, seg_path)
+    assert loaded.GetSegmentation().GetSegment(session.active_segment).GetName() == "ball"
+    nii = session.save_segmentation(tmp_path / "out.nii.gz")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(nii)))
+    assert labels.shape == session.segmenter().volume.shape and (labels == 1).sum() == session.segment_rows()[0].voxels
+    with pytest.raises(InputError, match="save as"):
+        session.save_segmentation(tmp_path / "out.png")
+
+
+def test_unreadable_files_and_missing_volume_are_input_errors(tmp_path):
+    web = WebSession(new_scene(), SceneController(new_scene(), loader=lambda s: BrightRegionModel()))
+    with pytest.raises(InputError, match="load a volume"):
+        web.add_segment()
+    bad = tmp_path / "broken.nrrd"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError):
+        web.load_volume(bad)
+    with pytest.raises(InputError):
+        web.load_volume(tmp_path / "missing.nii.gz")
+    assert web.status()["volume"] is None
+
+
+def test_auto_segmentation_is_disabled_with_a_reason_when_no_model_is_found(session):
+    if session.auto_models():
+        pytest.skip("a prompt-free model is installed in the user's model folder")
+    assert "train-auto" in session.auto_unavailable_reason()
+    with pytest.raises(InputError, match="unknown prompt-free model"):
+        session.run_auto("nothing")
+
+
+def test_embedding_progress_is_reported(session):
+    job = session.precompute("axial")
+    job.wait(timeout=60)
+    progress = session.embedding_progress()
+    assert progress["total"] == session.segmenter().volume.shape[0] and progress["done"] == progress["total"]
+    assert not progress["running"] and progress["error"] == ""
+
+
+def test_colour_conversions():
+    assert rgb_to_hex((1.0, 0.5, 0.0)) == "#ff8000"
+    assert hex_to_rgb("#ff8000") == pytest.approx((1.0, 128 / 255, 0.0))
+    assert hex_to_rgb("#ff8000ff") == pytest.approx((1.0, 128 / 255, 0.0))
