@@ -129,20 +129,6 @@ class AutoSplit:
     description: dict[str, Any]
 
 
-def _expand_cases(wanted: Sequence[str], all_cases: Sequence[str], what: str) -> list[str]:
-    """Case ids, or patient ids (``patient002`` = all its frames, via ``default_group``), -> sorted case ids."""
-    from ..data.nnunet import default_group
-
-    out: set[str] = set()
-    for item in wanted:
-        item = str(item).strip()
-        matches = [c for c in all_cases if c == item or default_group(c) == item]
-        if not matches:
-            raise InputError(f"{what} {item!r} is neither a case nor a patient of the dataset")
-        out.update(matches)
-    return sorted(out)
-
-
 def build_auto_split(
     root: str | Path,
     labels: Sequence[str | int] | None = None,
@@ -161,7 +147,7 @@ def build_auto_split(
     patients of a seeded permutation (few-shot runs; both frames of a patient stay together).
     """
     from ..data.nnunet import default_group, open_dataset
-    from .datasets import load_nnunet_cases, resolve_labels
+    from .datasets import choose_split, load_nnunet_cases, resolve_labels
 
     dataset = open_dataset(root)
     chosen = resolve_labels(dataset, labels)
@@ -183,43 +169,6 @@ def build_auto_split(
     }
     return AutoSplit(load_nnunet_cases(dataset, train, chosen, intensity),
                      load_nnunet_cases(dataset, val, chosen, intensity) if val else [], chosen, description)
-
-
-def choose_split(
-    cases: Sequence[str],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    train_cases: Sequence[str] | None = None,
-    val_cases: Sequence[str] | None = None,
-    max_train_patients: int | None = None,
-    val_patients: int | None = None,
-) -> tuple[list[str], list[str]]:
-    """(train, val) case names for ``build_auto_split`` (see there); also used to pack cases for a GPU worker."""
-    from ..data.nnunet import default_group, split_cases
-
-    cases = list(cases)
-    if val_cases:
-        val = _expand_cases(val_cases, cases, "validation case")
-        rest = [c for c in cases if c not in val]
-    else:
-        groups = sorted({default_group(c) for c in cases})
-        fraction = val_fraction if val_patients is None else min(val_patients, len(groups) - 1) / len(groups)
-        rest, val = split_cases(cases, fraction, seed) if fraction > 0 else (cases, [])
-    if train_cases:
-        train = _expand_cases(train_cases, cases, "training case")
-        overlap = sorted(set(train) & set(val))
-        if overlap:
-            raise InputError(f"cases {overlap[:5]} are both training and validation cases")
-    else:
-        train = rest
-    if max_train_patients is not None:
-        if max_train_patients < 1:
-            raise InputError(f"max_train_patients must be >= 1, got {max_train_patients}")
-        groups = sorted({default_group(c) for c in train})
-        order = np.random.default_rng(seed).permutation(len(groups))
-        keep = {groups[i] for i in order[:max_train_patients]}
-        train = sorted(c for c in train if default_group(c) in keep)
-    return train, val
 
 
 def nearest_model_target(classes2d: np.ndarray, transform: SliceTransform, size: int | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .cli_finetune import RichProgress, parse_labels
+from .cli_finetune import RichProgress, comma_items
 
 
 def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -98,10 +98,6 @@ def _int_list(text: str | None, what: str) -> list[int] | None:
         raise InputError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _items(values: list[str]) -> list[str] | None:
-    return parse_labels(values)
-
-
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~.auto_train.AutoTrainConfig` described by parsed ``train-auto`` arguments."""
     from ..engine.preprocessing import IntensityPolicy
@@ -134,8 +130,8 @@ def run_train_auto(args: argparse.Namespace) -> int:
     if not 0.0 <= args.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     config = config_from_args(args)
-    split = build_auto_split(args.dataset, parse_labels(args.labels), args.val_fraction, args.seed,
-                             _items(args.train_cases), _items(args.val_cases), args.max_train_patients,
+    split = build_auto_split(args.dataset, comma_items(args.labels), args.val_fraction, args.seed,
+                             comma_items(args.train_cases), comma_items(args.val_cases), args.max_train_patients,
                              args.val_patients, config.intensity)
     print(f"training patients: {', '.join(split.description['train_patients'])}", file=sys.stderr)
     print(f"validation patients: {', '.join(split.description['val_patients']) or '(none)'}", file=sys.stderr)

@@ -44,6 +44,13 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--labels", action="append", default=[], metavar="NAME|VALUE[,...]",
                    help="train only these labels (names or values; comma-separated or repeated); default all")
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
+    p.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="train only on these cases or patients (e.g. patient002 = both ACDC frames)")
+    p.add_argument("--val-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="validate on these cases or patients (instead of the random split)")
+    p.add_argument("--max-train-patients", type=int, metavar="N",
+                   help="few-shot: keep N training patients (seeded choice; frames of a patient stay together)")
+    p.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
     p.add_argument("--val-slices", type=int, default=32, help="validation planes (fixed subset; default: 32)")
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without improvement (0: off)")
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="mean",
@@ -86,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def parse_labels(items: list[str]) -> list[str] | None:
+def comma_items(items: list[str]) -> list[str] | None:
+    """Repeated and/or comma-separated option values -> one list (None when empty)."""
     labels = [part.strip() for item in items for part in item.split(",") if part.strip()]
     return labels or None
 
@@ -110,7 +118,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     config = config_from_args(args)
     split = build_nnunet_split(args.datasets, args.val_fraction, args.seed, args.max_cases,
-                               parse_labels(args.labels), config.intensity)
+                               comma_items(args.labels), config.intensity,
+                               train_cases=comma_items(args.train_cases), val_cases=comma_items(args.val_cases),
+                               max_train_patients=args.max_train_patients, val_patients=args.val_patients)
     trainer = Trainer(config, split.train, split.val, args.out, data_description=split.description)
     display = RichProgress()
     with display:

@@ -329,6 +329,63 @@ def load_nnunet_cases(dataset: Any, cases: Sequence[str], labels: dict[int, str]
     return out
 
 
+def choose_split(
+    cases: Sequence[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train_cases: Sequence[str] | None = None,
+    val_cases: Sequence[str] | None = None,
+    max_train_patients: int | None = None,
+    val_patients: int | None = None,
+) -> tuple[list[str], list[str]]:
+    """(train, val) case names, split by patient (``split_cases``) so no patient is on both sides.
+
+    ``val_cases`` / ``train_cases``: explicit case or patient ids (override the split). ``val_patients``: this
+    many patients held out (instead of ``val_fraction``). ``max_train_patients``: keep the first N training
+    patients of a seeded permutation (few-shot runs; both frames of a patient stay together).
+    """
+    from ..data.nnunet import default_group, split_cases
+
+    cases = list(cases)
+    if val_cases:
+        val = _expand_cases(val_cases, cases, "validation case")
+        rest = [c for c in cases if c not in val]
+    else:
+        groups = sorted({default_group(c) for c in cases})
+        fraction = val_fraction if val_patients is None else min(val_patients, len(groups) - 1) / len(groups)
+        rest, val = split_cases(cases, fraction, seed) if fraction > 0 else (cases, [])
+    if train_cases:
+        train = _expand_cases(train_cases, cases, "training case")
+        overlap = sorted(set(train) & set(val))
+        if overlap:
+            raise InputError(f"cases {overlap[:5]} are both training and validation cases")
+    else:
+        train = rest
+    if max_train_patients is not None:
+        if max_train_patients < 1:
+            raise InputError(f"max_train_patients must be >= 1, got {max_train_patients}")
+        groups = sorted({default_group(c) for c in train})
+        order = np.random.default_rng(seed).permutation(len(groups))
+        keep = {groups[i] for i in order[:max_train_patients]}
+        train = sorted(c for c in train if default_group(c) in keep)
+    return train, val
+
+
+
+def _expand_cases(wanted: Sequence[str], all_cases: Sequence[str], what: str) -> list[str]:
+    """Case ids, or patient ids (``patient002`` = all its frames, via ``default_group``), -> sorted case ids."""
+    from ..data.nnunet import default_group
+
+    out: set[str] = set()
+    for item in wanted:
+        item = str(item).strip()
+        matches = [c for c in all_cases if c == item or default_group(c) == item]
+        if not matches:
+            raise InputError(f"{what} {item!r} is neither a case nor a patient of the dataset")
+        out.update(matches)
+    return sorted(out)
+
+
 @dataclass
 class DataSplit:
     """Training and validation datasets plus the description written to the model card."""
@@ -347,18 +404,23 @@ def build_nnunet_split(
     intensity: IntensityPolicy | str = "auto",
     foreground_fraction: float = 0.8,
     edge_margin: int = 2,
+    train_cases: Sequence[str] | None = None,
+    val_cases: Sequence[str] | None = None,
+    max_train_patients: int | None = None,
+    val_patients: int | None = None,
 ) -> DataSplit:
-    """Open nnU-Net raw folders, split each by patient (``split_cases``), read the cases.
+    """Open nnU-Net raw folders, split each by patient (``choose_split``: the split options apply to every
+    folder), read the cases.
 
     ``max_cases`` caps the cases per dataset (a seeded random subset, so it is not all 'benign_*' of BUSI);
     ``labels`` selects labels by name or value in every dataset that has them (unknown everywhere -> error).
     """
-    from ..data.nnunet import open_dataset, split_cases
+    from ..data.nnunet import open_dataset
 
     if not roots:
         raise InputError("give at least one nnU-Net dataset folder")
-    train_cases: list[TrainingCase] = []
-    val_cases: list[TrainingCase] = []
+    train_list: list[TrainingCase] = []
+    val_list: list[TrainingCase] = []
     described = []
     matched_any = False
     for root in roots:
@@ -372,9 +434,9 @@ def build_nnunet_split(
         if max_cases is not None and len(names) > max_cases:
             order = np.random.default_rng(seed).permutation(len(names))[:max_cases]
             names = sorted(names[i] for i in order)
-        tr, va = split_cases(names, val_fraction, seed)
-        train_cases += load_nnunet_cases(dataset, tr, chosen, intensity)
-        val_cases += load_nnunet_cases(dataset, va, chosen, intensity)
+        tr, va = choose_split(names, val_fraction, seed, train_cases, val_cases, max_train_patients, val_patients)
+        train_list += load_nnunet_cases(dataset, tr, chosen, intensity)
+        val_list += load_nnunet_cases(dataset, va, chosen, intensity)
         described.append({
             "name": dataset.name, "root": str(Path(root).resolve()), "dimensionality": dataset.dimensionality,
             "labels": {str(v): n for v, n in chosen.items()}, "train_cases": tr, "val_cases": va,
@@ -382,8 +444,8 @@ def build_nnunet_split(
         })
     if not matched_any:
         raise InputError(f"none of the labels {list(labels or [])} exists in the given datasets")
-    train = SliceDataset(train_cases, seed, foreground_fraction, edge_margin, name="training")
-    val = SliceDataset(val_cases, seed, 1.0, 0, name="validation") if _any_label(val_cases) else None
+    train = SliceDataset(train_list, seed, foreground_fraction, edge_margin, name="training")
+    val = SliceDataset(val_list, seed, 1.0, 0, name="validation") if _any_label(val_list) else None
     description = {
         "source": "nnunet", "datasets": described, "val_fraction": val_fraction, "split_seed": seed,
         "max_cases": max_cases, "intensity": IntensityPolicy.parse(intensity).id, "slice_axis": SLICE_AXIS,
