@@ -61,11 +61,15 @@ class PropagationPolicy:
     """When propagation stops: the object has ended or the model jumped to something else.
 
     A box always yields some mask, so the end of an object is detected from the result, not from emptiness:
-    too small, shrinking too abruptly, low predicted IoU, or too little overlap with the previous slice.
+    too small, shrinking too abruptly, growing too abruptly (the box grows with the mask, so a mask that fills
+    its box would otherwise spread slice after slice through the volume; masks under ``growth_floor_px`` may
+    grow freely, as object ends do), low predicted IoU, or too little overlap with the previous slice.
     """
 
     min_area_px: int = 8
     min_area_ratio: float = 0.25
+    max_area_growth: float = 1.75
+    growth_floor_px: int = 64
     min_iou: float = 0.5
     min_overlap_dice: float = 0.35
     box_margin_px: float = 2.0
@@ -322,6 +326,8 @@ def _grown_box(mask: np.ndarray, policy: PropagationPolicy) -> tuple[float, floa
 def _continues(previous: np.ndarray, result: SliceResult, policy: PropagationPolicy) -> bool:
     area, previous_area = int(result.mask.sum()), int(previous.sum())
     if area < policy.min_area_px or area < policy.min_area_ratio * previous_area:
+        return False
+    if previous_area >= policy.growth_floor_px and area > policy.max_area_growth * previous_area:
         return False
     if result.iou < policy.min_iou:
         return False

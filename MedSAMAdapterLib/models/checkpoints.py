@@ -187,3 +187,27 @@ def load_adapter(path: str | os.PathLike, model_or_name: nn.Module | str,
 
         model_or_name = load_model(model_or_name, weights=weights, device=device)
     return attach_adapter(model_or_name, path).eval()
+
+
+def store_adapter_as(path: str | os.PathLike, out: str | os.PathLike, dtype: str = "float16") -> Path:
+    """Copy an adapter (tensors + card) with floating tensors stored as ``dtype``, e.g. to ship a recipe that
+    trains the whole mask decoder at half the size. Loading casts back to the model's dtype; the card records
+    ``storage_dtype`` and the new tensors' sha256 (so embedding caches keyed on the adapter do not mix)."""
+    import torch
+    from safetensors.torch import save_file
+
+    card = read_card(path)
+    tensors = _read_tensors(path, card)
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype) or not target.is_floating_point:
+        raise InputError(f"storage dtype must be a floating torch dtype name (float16, bfloat16...), not {dtype!r}")
+    cast = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    tensors_path, card_path = adapter_paths(out)
+    with atomic_path(tensors_path) as tmp:
+        save_file(cast, str(tmp), metadata={"format": CARD_FORMAT, "recipe": card["recipe"],
+                                             "base_model": card["base_model"]["name"],
+                                             "base_sha256": card["base_model"]["sha256"]})
+        card = {**card, "storage_dtype": dtype,
+                "tensors": {"file": tensors_path.name, "sha256": file_digest(tmp), "count": len(cast)}}
+    write_text_atomic(card_path, json.dumps(card, indent=2, default=_json_default) + "\n")
+    return tensors_path

@@ -194,3 +194,19 @@ def test_embedding_fingerprint_tracks_encoder_adapters_only():
     assert before != model_fingerprint(base)
     next(p for n, p in encoder.image_encoder.named_parameters() if "peft_" in n).data.add_(1.0)
     assert model_fingerprint(encoder) != before
+
+
+def test_half_precision_copy_loads_and_stays_close(tmp_path):
+    model = trained("medsa")
+    save_adapter(tmp_path / "full", model, "medsa")
+    half = checkpoints.store_adapter_as(tmp_path / "full.safetensors", tmp_path / "half")
+    assert half.stat().st_size < 0.6 * (tmp_path / "full.safetensors").stat().st_size
+    card = read_card(half)
+    assert card["storage_dtype"] == "float16" and card["recipe"] == "medsa"
+    loaded = load_adapter(half, build_tiny_test_model())
+    for a, b in zip(outputs(model), outputs(loaded)):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+    assert loaded.weights_sha256 != load_adapter(tmp_path / "full.safetensors", build_tiny_test_model()).weights_sha256
+    with pytest.raises(InputError, match="floating"):
+        checkpoints.store_adapter_as(tmp_path / "full.safetensors", tmp_path / "bad", "int8")

@@ -206,3 +206,21 @@ def test_bad_inputs_are_refused():
         session.segment_slice("nope", 0, 3, SlicePrompts([[1, 1]], [1]))
     with pytest.raises(InputError, match="constant"):
         InteractiveSession(make_volume(np.ones((3, 8, 8))), EchoModel())
+
+
+def test_propagation_stops_when_the_mask_balloons():
+    """A model that fills whatever box it gets must not spread through the volume as the box grows."""
+    from MedSAMAdapterLib.engine.session import PropagationPolicy, SliceResult, _continues
+
+    policy = PropagationPolicy()
+    previous = np.zeros((64, 64), bool)
+    previous[20:30, 20:30] = True  # 100 px
+    grown = np.zeros_like(previous)
+    grown[18:34, 18:34] = True  # 256 px, 2.56x, overlapping
+    steady = np.zeros_like(previous)
+    steady[19:31, 19:31] = True  # 144 px, 1.44x
+    assert not _continues(previous, SliceResult(grown, 0.9, 0, 1), policy)
+    assert _continues(previous, SliceResult(steady, 0.9, 0, 1), policy)
+    tiny = np.zeros_like(previous)
+    tiny[20:27, 20:27] = True  # 49 px (under growth_floor_px): an object's end may grow fast
+    assert _continues(tiny, SliceResult(steady, 0.9, 0, 1), policy)
