@@ -62,6 +62,12 @@ def run_train_auto(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     train, val, meta = read_packed(args.dataset, config.intensity)
+    if args.train_cases:  # a few-shot subset of the packed training patients
+        from MedSAMAdapterLib.training.cli_finetune import comma_items
+        from MedSAMAdapterLib.training.datasets import choose_split
+
+        keep = set(choose_split([c.case_id for c in train], 0.0, train_cases=comma_items(args.train_cases))[0])
+        train = [c for c in train if c.case_id in keep]
     d = meta["datasets"][0]
     labels = {int(v): n for v, n in d["labels"].items()}
     description = {"source": "packed nnunet (scripts/gpu/pack_cases.py)", "dataset": d["name"], **d}
