@@ -427,17 +427,18 @@ def _file_sha256(path: Path) -> str:
     return file_digest(path)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """NaN / inf -> None, paths -> str, numpy / torch scalars -> Python numbers (recursively): valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return str(value)
     if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -470,7 +471,7 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
         "classes": [c.to_dict() for c in model.classes],
         "training": training or {}, "metrics": metrics or {},
     }
-    card = _jsonable(card)
+    card = jsonable(card)
     json.dumps(card)  # fail before writing anything
     tensors_path, card_path = auto_model_paths(path)
     with atomic_path(tensors_path) as tmp:
