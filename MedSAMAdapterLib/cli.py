@@ -1,4 +1,4 @@
-"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, demo.
+"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, distill, demo.
 
 A thin shell: parse arguments, convert coordinates with ``engine.geometry``, call the engine, print results.
 Usage errors and every ``MedSAMAdapterError`` exit with code 2 and one readable message, never a traceback.
@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a model on an nnU-Net raw dataset folder")
     _add_model_args(evaluate)
     evaluate.add_argument("dataset", type=Path)
-    evaluate.add_argument("--protocol", choices=("box", "clicks"), default="box")
+    evaluate.add_argument("--protocol", choices=("box", "clicks", "auto"), default="box",
+                          help="box / clicks: simulated prompts on --model (a registry name); auto: --model is an "
+                               "automatic model file (2D head, AutoProSAM or distilled student)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for summary.json, report.md, plots")
     evaluate.add_argument("--max-cases", type=int)
     evaluate.add_argument("--cases", nargs="*", help="only these case names")
@@ -99,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli_auto import add_auto_parsers
     from .training.cli_finetune import add_finetune_parser
 
+    from .training.cli_volumetric import add_distill_parser
+
     add_finetune_parser(commands)
     add_auto_parsers(commands)
+    add_distill_parser(commands)
 
     demo = commands.add_parser("demo", help="segment the bundled sample MR volume and write outputs")
     _add_model_args(demo)

@@ -154,7 +154,7 @@ class VolumetricTrainer:
     def __init__(self, config: VolumetricTrainConfig, train_cases: Sequence[TrainingCase],
                  val_cases: Sequence[TrainingCase] | None, run_dir: str | Path, labels: dict[int, str],
                  base_model: torch.nn.Module | None = None, teacher: Any = None,
-                 data_description: dict[str, Any] | None = None) -> None:
+                 data_description: dict[str, Any] | None = None, model_path: str | Path | None = None) -> None:
         if not labels:
             raise InputError("no classes to train: give at least one label")
         self.config = config
@@ -163,6 +163,7 @@ class VolumetricTrainer:
         self.labels = dict(sorted(labels.items()))
         self.base_model = base_model
         self.teacher = teacher
+        self._model_path = Path(model_path) if model_path is not None else None
         self.data_description = data_description or {"train_cases": [c.case_id for c in self.train_cases],
                                                       "val_cases": [c.case_id for c in self.val_cases]}
         self.history: list[dict[str, Any]] = []
@@ -178,7 +179,10 @@ class VolumetricTrainer:
 
     @property
     def model_path(self) -> Path:
-        return self.run_dir / f"{MODEL_STEM}.safetensors"
+        """The best model's tensors file (its card beside it): ``<run_dir>/auto_model.safetensors`` by default."""
+        from ..models.auto_heads import auto_model_paths
+
+        return auto_model_paths(self._model_path)[0] if self._model_path else self.run_dir / f"{MODEL_STEM}.safetensors"
 
     # --- public ---------------------------------------------------------------------------------------
     def fit(self, progress: ProgressCallback | None = None, resume: bool = False) -> list[dict[str, Any]]:
