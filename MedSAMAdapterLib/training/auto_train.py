@@ -318,15 +318,9 @@ class AutoTrainResult:
 
 
 def _class_info(labels: dict[int, str]) -> list[Any]:
-    from ..engine.terminology import color_for, terminology_for
-    from ..engine.volume import default_color
-    from ..models.auto_heads import AutoClass
+    from ..models.volumetric import classes_for
 
-    out = []
-    for value, name in sorted(labels.items()):
-        colour = color_for(name) or default_color(value)
-        out.append(AutoClass(name, int(value), tuple(colour), terminology_for(name)))
-    return out
+    return classes_for(labels)
 
 
 @torch.no_grad()
