@@ -294,7 +294,7 @@ def run_evaluate(args) -> int:
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device),
     )
-    print(json.dumps(summary.get("mean", {}), indent=2))
+    print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")
     return 0
 

@@ -99,8 +99,11 @@ def main() -> None:
     parser.add_argument("--case")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--devices", nargs="*", help="default: cpu, plus cuda when available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     args.out.mkdir(parents=True, exist_ok=True)
     for device in devices:

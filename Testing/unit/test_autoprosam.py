@@ -235,7 +235,8 @@ def test_distilled_student_runs_with_auto_and_evaluate(trained, tiny, dataset, t
                                max_cases=2)
     assert summary["levels"] == ["auto"] and set(summary["per_label"]["auto"]) == {"LV", "MYO"}
     assert 0.0 <= summary["overall"]["auto"]["dice"] <= 1.0
-    assert (tmp_path / "eval" / "summary.json").is_file() and "`auto`" in (tmp_path / "eval" / "report.md").read_text()
+    assert (tmp_path / "eval" / "summary.json").is_file() and "automatic (no prompts)" in \
+        (tmp_path / "eval" / "report.md").read_text()
     assert main(["evaluate", str(dataset), "--protocol", "auto", "--model", str(tmp_path / "student"),
                  "--out", str(tmp_path / "eval2"), "--max-cases", "1"]) == 0
     assert main(["evaluate", str(dataset), "--protocol", "auto", "--model", "litemedsam",
