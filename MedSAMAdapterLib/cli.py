@@ -1,4 +1,4 @@
-"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, serve, demo.
+"""``medsam-adapter`` command line: info, embed, segment, evaluate, finetune, auto, train-auto, distill, serve, demo.
 
 A thin shell: parse arguments, convert coordinates with ``engine.geometry``, call the engine, print results.
 Usage errors and every ``MedSAMAdapterError`` exit with code 2 and one readable message, never a traceback.
@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a model on an nnU-Net raw dataset folder")
     _add_model_args(evaluate)
     evaluate.add_argument("dataset", type=Path)
-    evaluate.add_argument("--protocol", choices=("box", "clicks"), default="box")
+    evaluate.add_argument("--protocol", choices=("box", "clicks", "auto"), default="box",
+                          help="box / clicks: simulated prompts on --model (a registry name); auto: --model is an "
+                               "automatic model file (2D head, AutoProSAM or distilled student)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for summary.json, report.md, plots")
     evaluate.add_argument("--max-cases", type=int)
     evaluate.add_argument("--cases", nargs="*", help="only these case names")
@@ -99,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli_auto import add_auto_parsers
     from .training.cli_finetune import add_finetune_parser
 
+    from .training.cli_volumetric import add_distill_parser
+
     add_finetune_parser(commands)
     add_auto_parsers(commands)
+    add_distill_parser(commands)
 
     serve = commands.add_parser("serve", help="browser viewer (trame-slicer): click / box / propagate in a web page")
     serve.add_argument("volumes", nargs="*", type=Path, metavar="VOLUME",
@@ -306,7 +311,7 @@ def run_evaluate(args) -> int:
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device),
     )
-    print(json.dumps(summary.get("mean", {}), indent=2))
+    print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")
     return 0
 

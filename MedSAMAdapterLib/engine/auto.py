@@ -4,9 +4,10 @@
     write_auto_segmentation(labels, volume.geometry, "out.seg.nrrd", segments)
     ids = auto_then_refine(session, (labels, segments))   # one session segment per class; clicks fix one organ
 
-``run_auto`` loads the base model named in the head's model card (sha256 checked against the card), embeds the
-volume's axial planes through the embedding cache (so a following interactive session on the same volume and
-model reuses them) and predicts slice by slice (``AutoModel.predict_volume``).
+``run_auto`` / :class:`AutoSegmenter` take either kind of automatic model: a 2D head (the base model named in its
+card, sha256 checked, embeds the axial planes through the embedding cache, so a following interactive session on
+the same volume and model reuses them; ``AutoModel.predict_volume`` predicts slice by slice) or a volumetric model
+(AutoProSAM / distilled UNet: Gaussian sliding windows, ``VolumetricAutoModel.predict_volume``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,94 @@ def segments_for(labels: np.ndarray, classes: Sequence[Any]) -> list[AutoSegment
     return out
 
 
+class AutoSegmenter:
+    """An automatic model of either kind, loaded once, applied to any number of volumes.
+
+    - 2D head (AutoSAM, card ``medsam-adapter/auto-head``): the card's base model embeds the axial planes through
+      the embedding cache (so a following interactive session reuses them), the head predicts slice by slice.
+    - volumetric (AutoProSAM or a distilled UNet, card ``medsam-adapter/auto-volumetric``): Gaussian-blended
+      sliding windows over the whole volume.
+
+    ``base_model``: an already open base model (e.g. the session's); by default the card's base model is loaded
+    (``weights`` overrides the file). Its identity (registry name + sha256) must match the card. ``cache``: an
+    ``EmbeddingCache`` for 2D heads (default: a new one on the default disk cache folder).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", *, base_model: Any = None,
+                 weights: str | os.PathLike | None = None, cache: Any = None) -> None:
+        from ..models.volumetric import is_volumetric, load_volumetric_model
+
+        self.path = Path(path)
+        self.device = device
+        self.volumetric = None
+        self.head = None
+        if is_volumetric(path):
+            self.volumetric = load_volumetric_model(path, device, base_model=base_model, weights=weights)
+            self.kind, self.classes = self.volumetric.arch, self.volumetric.classes
+            self.intensity = self.volumetric.intensity
+            return
+        self._open_head(base_model, weights, cache)
+
+    def _open_head(self, base_model: Any, weights: Any, cache: Any) -> None:
+        from ..models.auto_heads import load_auto_model
+        from ..models.checkpoints import base_identity
+        from .cache import EmbeddingCache
+
+        self.head = load_auto_model(self.path, device=self.device)
+        if base_model is None:
+            from ..models.loading import open_model
+
+            base_model = open_model(self.head.base_model, weights=weights, device=self.device)
+        name, sha = base_identity(base_model)
+        if (name, sha) != (self.head.base_model, self.head.base_sha256):
+            raise WeightsError(f"automatic model {self.path.name} was trained on base model "
+                               f"'{self.head.base_model}' (sha256 {self.head.base_sha256}) but the model given is "
+                               f"'{name}' (sha256 {sha})")
+        self.base_model = base_model
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self.kind, self.classes, self.intensity = f"autosam-{self.head.head_type}", self.head.classes, self.head.intensity
+
+    def describe(self) -> dict[str, Any]:
+        """What a distilled student's card records about its teacher."""
+        card = self.volumetric.card if self.volumetric is not None else self.head.card
+        return {"path": str(self.path), "kind": self.kind, "tensors_sha256": card.get("tensors", {}).get("sha256"),
+                "classes": [c.name for c in self.classes], "intensity": self.intensity}
+
+    def _embedder(self, volume: Volume, progress: ProgressCallback | None) -> Any:
+        from .embedder import VolumeEmbedder
+        from .preprocessing import IntensityPolicy
+
+        if volume.is_rgb:
+            raise InputError("automatic segmentation of colour pictures is not supported by this head (grey only)")
+        embedder = VolumeEmbedder(volume, self.base_model, self.cache, IntensityPolicy.parse(self.intensity))
+        count = volume.shape[0]
+        embedder.embed_indices(0, list(range(count)), (lambda d, _t: progress(d, 2 * count)) if progress else None)
+        return embedder
+
+    def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
+        """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU)."""
+        if self.volumetric is not None:
+            return self.volumetric.logits(volume, progress)
+        count = volume.shape[0]
+        embedder = self._embedder(volume, progress)
+        return self.head.volume_logits(volume, embedder,
+                                       (lambda d, _t: progress(count + d, 2 * count)) if progress else None)
+
+    def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
+        """Label map (k, j, i) with the classes' label values."""
+        if self.volumetric is not None:
+            return self.volumetric.predict_volume(volume, progress)
+        count = volume.shape[0]
+        embedder = self._embedder(volume, progress)
+        return self.head.predict_volume(volume, embedder,
+                                        (lambda d, _t: progress(count + d, 2 * count)) if progress else None)
+
+    def segment(self, volume: Volume, progress: ProgressCallback | None = None
+                ) -> tuple[np.ndarray, list[AutoSegment]]:
+        labels = self.predict(volume, progress)
+        return labels, segments_for(labels, self.classes)
+
+
 def run_auto(
     volume: Volume,
     auto_model_path: str | os.PathLike,
@@ -65,38 +154,13 @@ def run_auto(
     cache: Any = None,
 ) -> tuple[np.ndarray, list[AutoSegment]]:
     """(label map (k, j, i), one ``AutoSegment`` per class) of ``volume`` with the automatic model at
-    ``auto_model_path`` (``<stem>``, ``.safetensors`` or ``.json``).
+    ``auto_model_path`` (``<stem>``, ``.safetensors`` or ``.json``; a 2D head or a volumetric model).
 
-    ``base_model``: an already open base model (e.g. the session's); by default the card's base model is loaded
-    (``weights`` overrides the weights file). Its identity (registry name + sha256) must match the card.
-    ``cache``: an ``EmbeddingCache`` (default: a new one on the default disk cache folder).
-    ``progress(done, total)``: embedding (first half of the total) then prediction.
+    See :class:`AutoSegmenter` for ``base_model``, ``weights`` and ``cache``. ``progress(done, total)``: 2D heads
+    report embedding (first half of the total) then prediction; volumetric models report sliding windows.
     """
-    from ..models.auto_heads import load_auto_model
-    from ..models.checkpoints import base_identity
-    from .cache import EmbeddingCache
-    from .embedder import VolumeEmbedder
-    from .preprocessing import IntensityPolicy
-
-    auto = load_auto_model(auto_model_path, device=device)
-    if base_model is None:
-        from ..models.loading import open_model
-
-        base_model = open_model(auto.base_model, weights=weights, device=device)
-    name, sha = base_identity(base_model)
-    if (name, sha) != (auto.base_model, auto.base_sha256):
-        raise WeightsError(f"automatic model {Path(auto_model_path).name} was trained on base model "
-                           f"'{auto.base_model}' (sha256 {auto.base_sha256}) but the model given is '{name}' "
-                           f"(sha256 {sha})")
-    if volume.is_rgb:
-        raise InputError("automatic segmentation of colour pictures is not supported by this head (grey only)")
-    embedder = VolumeEmbedder(volume, base_model, cache if cache is not None else EmbeddingCache(),
-                              IntensityPolicy.parse(auto.intensity))
-    count = volume.shape[0]
-    total = 2 * count
-    embedder.embed_indices(0, list(range(count)), (lambda d, _t: progress(d, total)) if progress else None)
-    labels = auto.predict_volume(volume, embedder, (lambda d, _t: progress(count + d, total)) if progress else None)
-    return labels, segments_for(labels, auto.classes)
+    segmenter = AutoSegmenter(auto_model_path, device, base_model=base_model, weights=weights, cache=cache)
+    return segmenter.segment(volume, progress)
 
 
 def auto_then_refine(session: Any, auto_result: tuple[np.ndarray, Sequence[AutoSegment]],

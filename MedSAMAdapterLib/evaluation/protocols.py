@@ -7,6 +7,8 @@ Protocols (slices are along array axis 0, i.e. planes of constant k):
   then up to four corrective clicks on the largest error, each call given all clicks so far plus the previous
   low-res logits (``use_previous_mask``). Metrics after 1, 3 and 5 clicks (on that slice for 3D); Dice after
   every click for the Dice-vs-clicks curve.
+- ``auto``: no prompts; ``model_name`` is an automatic model file (2D head, AutoProSAM or a distilled student,
+  ``engine.auto.AutoSegmenter``); its label map is scored per class, every class on every case.
 
 Multi-label datasets: each label is its own binary segment, prompted independently, and the per-label metrics
 are those of that binary segment against ``gt == label`` (so one label's error never hides another's). A
@@ -32,7 +34,7 @@ from ..errors import InputError, PromptError
 from . import metrics as M
 from .clicks import first_click, next_click, tight_box
 
-PROTOCOLS = ("box", "clicks")
+PROTOCOLS = ("box", "clicks", "auto")
 CLICK_LEVELS = (1, 3, 5)
 MAX_CLICKS = max(CLICK_LEVELS)
 SLICE_AXIS = 0
@@ -41,9 +43,9 @@ SessionFactory = Callable[[Any], Any]  # Volume -> object with the InteractiveSe
 
 
 def level_names(protocol: str) -> list[str]:
-    """Keys of the metric sets each case gets: ``["box"]`` or ``["clicks_1", "clicks_3", "clicks_5"]``."""
+    """Keys of the metric sets each case gets: ``["box"]``, ``["auto"]`` or ``["clicks_1", "clicks_3", "clicks_5"]``."""
     _check_protocol(protocol)
-    return ["box"] if protocol == "box" else [f"clicks_{n}" for n in CLICK_LEVELS]
+    return [protocol] if protocol in ("box", "auto") else [f"clicks_{n}" for n in CLICK_LEVELS]
 
 
 def evaluate_dataset(
@@ -70,7 +72,10 @@ def evaluate_dataset(
     from ..data.nnunet import open_dataset
 
     _check_protocol(protocol)
-    if session_factory is None:
+    if protocol == "auto":
+        adapter_path = None
+        session_factory = session_factory or auto_session_factory(model_name, device)
+    elif session_factory is None:
         from ..models.loading import resolve_adapter
 
         adapter_path = resolve_adapter(model_name, adapter)  # records the shipped default when one is used
@@ -78,7 +83,8 @@ def evaluate_dataset(
         adapter_path = _check_adapter(adapter)
     dataset = open_dataset(dataset_root)
     selected = _select_cases(dataset.cases, cases, max_cases)
-    out = Path(out_dir) if out_dir is not None else Path("runs") / "eval" / f"{dataset.name}-{protocol}-{model_name}"
+    out = Path(out_dir) if out_dir is not None else \
+        Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
     factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected))
     started = time.perf_counter()
@@ -135,7 +141,9 @@ def evaluate_case(
     t1 = time.perf_counter()
     session = session_factory(image)
     try:
-        if protocol == "box":
+        if protocol == "auto":
+            outcome = _run_auto(session, gt, dataset.labels, spacing, nsd_tolerance_mm)
+        elif protocol == "box":
             outcome = _run_box(session, gt, present, spacing, nsd_tolerance_mm)
         else:
             outcome = _run_clicks(session, gt, present, spacing, nsd_tolerance_mm)
@@ -156,7 +164,46 @@ def evaluate_case(
     return record, outcome["prediction"]
 
 
+class AutoRun:
+    """One case of the ``auto`` protocol: the volume and the automatic model that segments it."""
+
+    def __init__(self, volume: Any, segmenter: Any) -> None:
+        self.volume, self.segmenter = volume, segmenter
+
+    @property
+    def label_values(self) -> list[int]:
+        return [int(c.label_value) for c in self.segmenter.classes]
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.segmenter.predict(self.volume))
+
+
+def auto_session_factory(model_path: str | Path, device: str = "cpu") -> SessionFactory:
+    """Load the automatic model once (``engine.auto.AutoSegmenter``, memory-only embedding cache for 2D heads);
+    each case gets an :class:`AutoRun`."""
+    from ..engine.auto import AutoSegmenter
+    from ..engine.cache import EmbeddingCache
+
+    if not Path(model_path).with_suffix(".json").exists() and not Path(f"{model_path}.json").exists():
+        raise InputError(f"--protocol auto needs an automatic model file for --model (<stem>.safetensors + "
+                         f"<stem>.json), got {model_path!r}")
+    segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=False))
+    return lambda volume: AutoRun(volume, segmenter)
+
+
 # --- protocols ------------------------------------------------------------------------------------------
+def _run_auto(run: Any, gt: np.ndarray, labels: Mapping[str, int], spacing, tol: float) -> dict[str, Any]:
+    """Every class the model predicts is scored on every case, also where the ground truth lacks it (an empty
+    prediction there scores 1, any false positive 0): automatic segmentation must also say 'not here'."""
+    prediction = run.labels()
+    scored = {name: value for name, value in labels.items() if value in run.label_values}
+    per_label = M.case_metrics(prediction, gt, scored, spacing, tol)
+    overlay = largest_slice(gt > 0) if gt.any() else 0
+    record = {"slice_index": {}, "metrics": {"auto": per_label}, "composed": {}, "overlay_index": overlay,
+              "scored_labels": list(scored)}
+    return {"record": record, "prediction": prediction}
+
+
 def largest_slice(mask: np.ndarray, axis: int = SLICE_AXIS) -> int:
     """Index of the slice with the most foreground; the first one on ties."""
     other = tuple(a for a in range(mask.ndim) if a != axis)
@@ -271,6 +318,9 @@ def _new_summary(dataset, protocol: str, model_name: str, adapter: Path | None, 
         "Means are NaN-aware; HD95 is NaN when exactly one of prediction and ground truth is empty.",
         "Overall = mean over labels of the per-label means (macro average).",
     ]
+    if protocol == "auto":
+        notes[1] = ("Automatic protocol: no prompts; every class of the model is scored on every case, including "
+                    "cases whose ground truth lacks it (empty prediction there = Dice 1, a false positive = 0).")
     if dataset.dimensionality == "2D" and dataset.metadata.get("pixel_spacing_mm") is None:
         notes.append("2D images without pixel spacing: HD95 is in pixels and the NSD tolerance in pixels.")
     return {

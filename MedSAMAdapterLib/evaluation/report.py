@@ -61,7 +61,8 @@ def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
 def render_markdown(summary: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
     plots = plots or {}
     dataset = summary.get("dataset", {})
-    title = f"`{summary.get('protocol')}` prompts, {dataset.get('name')}, model `{summary.get('model')}`"
+    what = "automatic (no prompts)" if summary.get("protocol") == "auto" else f"`{summary.get('protocol')}` prompts"
+    title = f"{what}, {dataset.get('name')}, model `{summary.get('model')}`"
     lines = [f"# Evaluation: {title}", ""]
     if not summary.get("complete", True):
         lines += ["> **Incomplete run**: these numbers cover only the cases finished so far.", ""]

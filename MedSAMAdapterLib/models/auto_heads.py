@@ -41,7 +41,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -372,19 +372,35 @@ class AutoModel:
 
     def predict_volume(self, volume: Any, embedder: Any, progress: ProgressCallback | None = None,
                        batch_size: int = 4) -> np.ndarray:
-        """Label map (k, j, i) of ``volume``: slice by slice along axis 0, logits mapped back to each slice with
-        ``SliceTransform.logits_to_slice``, argmax over the classes, class k -> ``classes[k-1].label_value``.
+        """Label map (k, j, i) of ``volume``: argmax of :meth:`volume_logits`, class k -> ``classes[k-1].label_value``.
 
         ``embedder`` is a ``VolumeEmbedder`` of ``volume`` (with a cache, already embedded slices cost nothing).
         ``progress(done, total)`` is called after every batch of slices.
         """
+        lut = np.asarray([0, *self.label_values], dtype=np.uint16 if max(self.label_values) > 255 else np.uint8)
+        labels = np.zeros(volume.shape, lut.dtype)
+        for index, full in self._slice_logits(volume, embedder, progress, batch_size):
+            labels[index] = lut[full.argmax(0).numpy()]
+        return labels
+
+    def volume_logits(self, volume: Any, embedder: Any, progress: ProgressCallback | None = None,
+                      batch_size: int = 4) -> Tensor:
+        """(K, k, j, i) float32 logits on the slice grid (each slice's logits mapped back with
+        ``SliceTransform.logits_to_slice``), e.g. as a distillation teacher's soft output."""
+        out = torch.zeros((self.head.num_classes, *volume.shape), dtype=torch.float32)
+        for index, full in self._slice_logits(volume, embedder, progress, batch_size):
+            out[:, index] = full
+        return out
+
+    def _slice_logits(self, volume: Any, embedder: Any, progress: ProgressCallback | None, batch_size: int
+                      ) -> Iterator[tuple[int, Tensor]]:
+        """(slice index, (K, H, W) logits on the slice grid) along axis 0, in batches of slices."""
         if getattr(embedder, "volume", volume) is not volume:
             raise InputError("the embedder belongs to another volume")
         self.check_embedder(embedder)
         self.head.eval()
         count = int(volume.shape[0])
-        lut = np.asarray([0, *self.label_values], dtype=np.uint16 if max(self.label_values) > 255 else np.uint8)
-        labels = np.zeros(volume.shape, lut.dtype)
+        step = max(1, int(batch_size))
         window: dict[int, Tensor] = {}
 
         def get(index: int) -> Tensor:
@@ -395,22 +411,19 @@ class AutoModel:
 
         if progress:
             progress(0, count)
-        for start in range(0, count, max(1, int(batch_size))):
-            indices = list(range(start, min(count, start + max(1, int(batch_size)))))
+        for start in range(0, count, step):
+            indices = list(range(start, min(count, start + step)))
             if self.context:
                 batch = torch.cat([torch.cat([get(i - 1), get(i), get(i + 1)], dim=1) for i in indices])
             else:
                 batch = torch.cat([get(i) for i in indices])
             low_res = self.logits(batch)
             for n, index in enumerate(indices):
-                transform = embedder.transform(0, index)
-                full = transform.logits_to_slice(low_res[n: n + 1].float().cpu())[0]
-                labels[index] = lut[full.argmax(0).numpy()]
+                yield index, embedder.transform(0, index).logits_to_slice(low_res[n: n + 1].float().cpu())[0]
             for old in [k for k in window if k < indices[-1]]:
                 window.pop(old)  # keep only the last slice of this batch (a neighbour of the next)
             if progress:
                 progress(indices[-1] + 1, count)
-        return labels
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -427,17 +440,18 @@ def _file_sha256(path: Path) -> str:
     return file_digest(path)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """NaN / inf -> None, paths -> str, numpy / torch scalars -> Python numbers (recursively): valid JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, os.PathLike):
         return str(value)
     if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     return value
 
 
@@ -470,7 +484,7 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
         "classes": [c.to_dict() for c in model.classes],
         "training": training or {}, "metrics": metrics or {},
     }
-    card = _jsonable(card)
+    card = jsonable(card)
     json.dumps(card)  # fail before writing anything
     tensors_path, card_path = auto_model_paths(path)
     with atomic_path(tensors_path) as tmp:

@@ -48,7 +48,7 @@ from ..engine.atomic import atomic_path, write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
 from .datasets import SLICE_AXIS, TrainingCase
-from .trainer import TrainEvent, _finite_or_none, _lr_lambda, _nanmean, _param_groups, dice_np, resolve_device
+from .common import TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups, resolve_device
 
 MODEL_STEM = "auto_model"
 DEFAULT_LR = {"vit": 5e-4, "cnn": 3e-3, "linear": 1e-2}
@@ -284,15 +284,9 @@ class AutoTrainResult:
 
 
 def _class_info(labels: dict[int, str]) -> list[Any]:
-    from ..engine.terminology import color_for, terminology_for
-    from ..engine.volume import default_color
-    from ..models.auto_heads import AutoClass
+    from ..models.volumetric import classes_for
 
-    out = []
-    for value, name in sorted(labels.items()):
-        colour = color_for(name) or default_color(value)
-        out.append(AutoClass(name, int(value), tuple(colour), terminology_for(name)))
-    return out
+    return classes_for(labels)
 
 
 @torch.no_grad()
@@ -319,8 +313,8 @@ def dice_per_class(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], na
     """Mean over cases of the 3D Dice of each class (class k = ``names[k-1]``) + ``dice_mean`` over classes."""
     out: dict[str, float] = {}
     for k, name in enumerate(names, start=1):
-        out[f"dice_{name}"] = _nanmean(dice_np(p == k, t == k) for p, t in zip(preds, truths))
-    out["dice_mean"] = _nanmean(out[f"dice_{n}"] for n in names)
+        out[f"dice_{name}"] = nanmean(dice_np(p == k, t == k) for p, t in zip(preds, truths))
+    out["dice_mean"] = nanmean(out[f"dice_{n}"] for n in names)
     return out
 
 
@@ -394,8 +388,8 @@ def train_auto(
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(_param_groups(head, cfg.weight_decay), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
+    optimizer = torch.optim.AdamW(param_groups(head, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)
     generator = torch.Generator().manual_seed(cfg.seed)
     classes = _class_info(labels)
@@ -456,7 +450,7 @@ def train_auto(
                     "by": "val_dice_mean" if val is not None else "last_epoch",
                     "metrics": {k: v for k, v in entry.items() if k.startswith("val_") or k == "loss"}}
             save_auto_model(model_path, bundle(), training_card,
-                            _finite_or_none({"selected_epoch": epoch, **best["metrics"]}), cfg.store_dtype)
+                            finite_or_none({"selected_epoch": epoch, **best["metrics"]}), cfg.store_dtype)
         _write_outputs(run_dir, cfg, history, best, stats)
         emit("epoch", epoch=epoch, loss=entry["loss"], lr=entry["lr"], metrics=dict(entry))
         if val is not None and cfg.patience and bad_epochs >= cfg.patience and epoch >= cfg.min_epochs:
@@ -476,7 +470,7 @@ def train_auto(
 def _write_outputs(run_dir: Path, cfg: AutoTrainConfig, history: list[dict[str, Any]], best: dict[str, Any] | None,
                    stats: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "history.json", json.dumps(_finite_or_none(
+    write_text_atomic(run_dir / "history.json", json.dumps(finite_or_none(
         {"config": cfg.to_dict(), "best": best, "stats": stats, "history": history}), indent=2, default=str) + "\n")
     if history:
         write_auto_curve(history, run_dir / "training_curve.png")

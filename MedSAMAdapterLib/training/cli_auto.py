@@ -27,8 +27,9 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
 
     auto = subparsers.add_parser(
         "auto", help="automatic (prompt-free) segmentation with a trained head",
-        description="Segment every class of an automatic model (AutoSAM-style head on a frozen encoder) slice by "
-                    "slice along the first array axis. Writes a label map; .seg.nrrd segments carry names, colours "
+        description="Segment every class of an automatic model: an AutoSAM-style head on a frozen encoder (slice "
+                    "by slice along the first array axis) or a volumetric model (AutoProSAM, distilled UNet; "
+                    "Gaussian sliding windows). Writes a label map; .seg.nrrd segments carry names, colours "
                     "and SNOMED CT terminology.")
     auto.add_argument("volume", type=Path, help="NIfTI, NRRD, MHA, DICOM folder, PNG/JPG")
     auto.add_argument("--model", type=Path, required=True, metavar="AUTO_MODEL_PATH",
@@ -54,7 +55,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
                         "linear: 1x1 conv probe (default: %(default)s)")
     t.add_argument("--context", action="store_true", help="2.5D: also feed the embeddings of the neighbouring slices")
     t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--batch-size", type=int, help="planes (2D heads, default 4) or patches (autoprosam, default 2)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: vit 5e-4, cnn 3e-3, linear 1e-2)")
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--patience", type=int, default=10, help="early stop after N epochs without improvement (0: off)")
@@ -85,6 +86,9 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--seed", type=int, default=0)
+    from .cli_volumetric import add_volumetric_options
+
+    add_volumetric_options(t)
     t.set_defaults(handler=run_train_auto)
     return auto, t
 
@@ -113,9 +117,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
         options["depth"] = int(args.vit_depth)
     return AutoTrainConfig(
         head=args.head, context=args.context, head_options=options, model=args.model,
-        weights=str(args.weights) if args.weights else None, epochs=args.epochs, batch_size=args.batch_size,
+        weights=str(args.weights) if args.weights else None, epochs=args.epochs,
         lr=args.lr, weight_decay=args.weight_decay, patience=args.patience or None, val_every=args.val_every,
         seed=args.seed, device=args.device, intensity=IntensityPolicy.parse(args.intensity).id,
+        batch_size=args.batch_size or 4,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_on_disk=not args.no_cache,
         init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype)
 
@@ -129,6 +134,10 @@ def run_train_auto(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     if not 0.0 <= args.val_fraction < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.arch == "autoprosam":
+        from .cli_volumetric import run_train_volumetric
+
+        return run_train_volumetric(args)
     config = config_from_args(args)
     split = build_auto_split(args.dataset, comma_items(args.labels), args.val_fraction, args.seed,
                              comma_items(args.train_cases), comma_items(args.val_cases), args.max_train_patients,
@@ -181,7 +190,7 @@ def run_auto_command(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        task = bar.add_task("embedding + prediction (slices x 2)", total=2 * volume.shape[0])
+        task = bar.add_task("automatic segmentation", total=2 * volume.shape[0])
         labels, segments = run_auto(volume, args.model, args.device,
                                     lambda done, total: bar.update(task, completed=done, total=total),
                                     weights=args.weights, cache=cache)

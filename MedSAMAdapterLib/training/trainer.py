@@ -53,6 +53,10 @@ from ..engine.atomic import atomic_path, write_text_atomic
 from ..engine.preprocessing import SliceTransform, prepare_slice, resize_bilinear
 from ..errors import InputError
 from ..evaluation.clicks import first_click, next_click, tight_box
+from .common import (ProgressCallback, TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups,
+                     resolve_device, restore_rng, rng_state)
+from .common import load_state as _load_state
+from .common import save_state as _write_state
 from .datasets import SLICE_AXIS, SliceDataset, SliceSample
 from .prompts import PromptPolicy, PromptSimulator, SimulatedPrompt
 
@@ -144,36 +148,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-@dataclasses.dataclass
-class TrainEvent:
-    """A progress report. ``kind``: ``setup``, ``embed`` (done/total planes), ``step``, ``validation``,
-    ``epoch`` (after the state is saved; ``metrics`` = the history entry), ``early_stop``, ``done``."""
-
-    kind: str
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    lr: float | None = None
-    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    done: int = 0
-    total: int = 0
-    message: str = ""
-
-
-ProgressCallback = Callable[[TrainEvent], None]
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} was asked for but no CUDA GPU is visible to torch")
-    return torch.device(name)
-
-
 def model_space_target(mask: np.ndarray, transform: SliceTransform, size: int | None = None) -> Tensor:
     """Binary (H, W) mask -> (1, 1, L, L) soft target in [0, 1] on the low-res logit grid of model space.
 
@@ -188,13 +163,6 @@ def model_space_target(mask: np.ndarray, transform: SliceTransform, size: int | 
     x = F.pad(x, (0, s - transform.resized_hw[1], 0, s - transform.resized_hw[0]))
     size = int(size or transform.low_res_size)
     return F.interpolate(x, (size, size), mode="area") if size != s else x
-
-
-def dice_np(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice of two binary planes; both empty -> 1 (``evaluation.metrics`` convention)."""
-    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, gt).sum()) / total
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:
@@ -223,43 +191,6 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
             module._medsam_checkpointed = True
             count += 1
     return count
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, plain = [], []
-    for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
-        if not p.requires_grad:
-            continue
-        no_decay = p.ndim < 2 or any(k in name for k in ("norm", "embed", "token", "bias"))
-        (plain if no_decay else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def _lr_lambda(warmup: int, total: int, floor: float) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
-
-
-def _nanmean(values: Iterable[float]) -> float:
-    arr = np.asarray(list(values), np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
@@ -408,9 +339,9 @@ class Trainer:
         self._emit("setup", message=f"preparing model {cfg.model} ({cfg.recipe}) on {self.device}")
         self.model = self._build_model()
         self.simulator = PromptSimulator(cfg.prompt)
-        self.optimizer = torch.optim.AdamW(_param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg.warmup, cfg.total_steps, cfg.min_lr_ratio))
+            self.optimizer, lr_lambda(cfg.warmup, cfg.total_steps, cfg.min_lr_ratio))
         from monai.losses import DiceCELoss
 
         self.dice_ce = DiceCELoss(sigmoid=True, squared_pred=True)
@@ -601,9 +532,9 @@ class Trainer:
         for samples, embeddings, transforms in self._val_batches():
             for sample, emb, tr in zip(samples, embeddings, transforms):
                 rows.append(self._validate_one(sample, emb, tr))
-        out = {k: _nanmean(r[k] for r in rows) for k in rows[0]} if rows else {}
+        out = {k: nanmean(r[k] for r in rows) for k in rows[0]} if rows else {}
         if out:
-            out["mean"] = _nanmean(out[k] for k in ("box", *(f"clicks_{n}" for n in CLICK_LEVELS)))
+            out["mean"] = nanmean(out[k] for k in ("box", *(f"clicks_{n}" for n in CLICK_LEVELS)))
             out["planes"] = float(len(rows))
         return out
 
@@ -695,41 +626,25 @@ class Trainer:
         if self.baseline:
             metrics["baseline"] = {f"val_{k}": v for k, v in self.baseline.items()}
         save_adapter(self.adapter_path, self.model, self.config.recipe, config=self.config.to_dict(),
-                     data=_finite_or_none(self.data_description), metrics=_finite_or_none(metrics))
+                     data=finite_or_none(self.data_description), metrics=finite_or_none(metrics))
 
     def _state(self) -> dict[str, Any]:
         from ..models.peft import adapter_state_dict
 
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": STATE_FORMAT, "format_version": STATE_VERSION,
             "config": self.config.to_dict(), "epoch": self.epoch, "global_step": self.global_step,
             "tensors": {k: v.cpu() for k, v in adapter_state_dict(self.model, self.config.recipe).items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": rng, "history": self.history, "baseline": self.baseline, "best": self.best,
+            "rng": rng_state(), "history": self.history, "baseline": self.baseline, "best": self.best,
             "stats": {k: v for k, v in self.stats.items() if isinstance(v, (int, float))},
         }
 
     def _save_state(self) -> None:
-        with atomic_path(self.state_path) as tmp:
-            torch.save(self._state(), tmp)
+        _write_state(self.state_path, self._state())
 
     def _read_state(self) -> dict[str, Any]:
-        try:
-            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise InputError(f"cannot read the training state {self.state_path}: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise InputError(f"{self.state_path} is not a medsam-adapter training state")
-        saved = state["config"]
-        now = self.config.to_dict()
-        changed = [k for k in RESUME_FIXED if saved.get(k) != now.get(k)]
-        if changed:
-            raise InputError(f"cannot resume {self.state_path}: settings changed since it was saved: "
-                             + ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed))
-        return state
+        return _load_state(self.state_path, STATE_FORMAT, self.config.to_dict(), RESUME_FIXED)
 
     def _restore(self, state: dict[str, Any]) -> None:
         from ..models.peft import load_adapter_state_dict
@@ -742,14 +657,12 @@ class Trainer:
         self.history = list(state["history"])
         self.baseline = state.get("baseline")
         self.best = state.get("best")
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        restore_rng(state["rng"])
         self._emit("setup", epoch=self.epoch, message=f"resumed from {self.state_path} after epoch {self.epoch}")
 
     def _write_outputs(self, stopped_early: bool = False) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.run_dir / "history.json", json.dumps(_finite_or_none(
+        write_text_atomic(self.run_dir / "history.json", json.dumps(finite_or_none(
             {"config": self.config.to_dict(), "baseline": self.baseline, "best": self.best,
              "history": self.history}), indent=2, default=str) + "\n")
         if self.history:

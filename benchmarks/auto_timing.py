@@ -1,0 +1,118 @@
+"""Automatic segmentation of one 3D volume: teacher vs distilled student, side by side in one process.
+
+Both models segment the same volume on the same device; runs alternate (teacher, student, teacher, ...) so a busy
+machine slows both alike. Reports median seconds per volume after warm-up, the teacher/student ratio, and each
+model's Dice per class against the case's ground truth. Runs on the CPU and, when torch sees one, on CUDA.
+
+    python benchmarks/auto_timing.py --teacher RUN/auto_model --student models/student \\
+        [--data ../shared/data/Dataset001_ACDC] [--case patient002_frame01] [--repeats 3] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from MedSAMAdapterLib.data.nnunet import open_dataset, read_case  # noqa: E402
+from MedSAMAdapterLib.engine.auto import AutoSegmenter  # noqa: E402
+from MedSAMAdapterLib.engine.cache import EmbeddingCache  # noqa: E402
+from MedSAMAdapterLib.training.common import dice_np  # noqa: E402
+
+
+def alternate(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of every run, interleaved; ``warmup`` untimed rounds first (allocator, kernels, caches)."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, device: str) -> dict[str, Any]:
+    dataset = open_dataset(data)
+    case = case or sorted(dataset.cases)[0]
+    volume, truth = read_case(dataset, case)
+    # memory-only cache: a 2D-head teacher re-embeds every run, as on a volume never seen before
+    segmenters = {name: AutoSegmenter(path, device, cache=EmbeddingCache(use_disk=False))
+                  for name, path in models.items()}
+    labels = {int(c.label_value): c.name for c in next(iter(segmenters.values())).classes}
+    outputs: dict[str, np.ndarray] = {}
+
+    def runner(name: str) -> Callable[[], Any]:
+        def go() -> None:
+            outputs[name] = segmenters[name].predict(volume)
+        return go
+
+    times = alternate({name: runner(name) for name in segmenters}, repeats)
+    rows = {}
+    for name, seg in segmenters.items():
+        dice = {n: dice_np(outputs[name] == v, np.asarray(truth) == v) for v, n in labels.items()}
+        params = sum(p.numel() for p in (seg.volumetric.network if seg.volumetric else seg.head.head).parameters())
+        rows[name] = {"model": str(models[name]), "kind": seg.kind, "parameters": params,
+                      "median_s": statistics.median(times[name]), "runs_s": times[name], "dice": dice,
+                      "dice_mean": float(np.mean(list(dice.values())))}
+    names = list(rows)
+    return {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "platform": platform.platform(), "dataset": dataset.name, "case": case, "shape": list(volume.shape),
+            "repeats": repeats, "models": rows,
+            "ratio_first_over_second": rows[names[0]]["median_s"] / rows[names[-1]]["median_s"]}
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# Automatic segmentation timing - {result['device']}, {result['threads']} threads, torch "
+             f"{result['torch']}", "",
+             f"{result['dataset']} `{result['case']}` {result['shape']} (k, j, i); median of {result['repeats']} "
+             f"alternating runs after one warm-up.", "",
+             "| model | kind | parameters | median s / volume | Dice per class | mean Dice |", "|---|---|---:|---:|---|---:|"]
+    for name, row in result["models"].items():
+        dice = ", ".join(f"{k} {v:.3f}" for k, v in row["dice"].items())
+        lines.append(f"| {name} | {row['kind']} | {row['parameters']:,} | {row['median_s']:.2f} | {dice} | "
+                     f"{row['dice_mean']:.3f} |")
+    lines += ["", f"Teacher / student time ratio: **{result['ratio_first_over_second']:.1f}x**", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--student", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Dataset001_ACDC")
+    parser.add_argument("--case")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--devices", nargs="*", help="default: cpu, plus cuda when available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for device in devices:
+        result = run({"teacher": args.teacher, "student": args.student}, args.data, args.case, args.repeats, device)
+        stem = args.out / f"auto_timing_{device.split(':')[0]}"
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(to_markdown(result))
+        print(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
