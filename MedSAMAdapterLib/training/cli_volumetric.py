@@ -75,14 +75,14 @@ def volumetric_config(args: argparse.Namespace, arch: str, network: dict[str, An
 def run_train_volumetric(args: argparse.Namespace) -> int:
     """``train-auto --arch autoprosam``: split like the 2D heads, train with ``VolumetricTrainer``."""
     from .auto_train import build_auto_split
-    from .cli_auto import AutoRichProgress, _items
-    from .cli_finetune import parse_labels
+    from .cli_auto import AutoRichProgress
+    from .cli_finetune import comma_items
     from .volumetric_train import VolumetricTrainer
 
     _check_run_dir(args.out, args.resume, args.overwrite)
     config = volumetric_config(args, "autoprosam", {"depth_window": args.depth_window})
-    split = build_auto_split(args.dataset, parse_labels(args.labels), args.val_fraction, args.seed,
-                             _items(args.train_cases), _items(args.val_cases), args.max_train_patients,
+    split = build_auto_split(args.dataset, comma_items(args.labels), args.val_fraction, args.seed,
+                             comma_items(args.train_cases), comma_items(args.val_cases), args.max_train_patients,
                              args.val_patients, config.intensity)
     _print_split(split)
     started = time.perf_counter()

@@ -60,8 +60,9 @@ def run_train_auto(args: argparse.Namespace) -> int:
     from MedSAMAdapterLib.training.auto_train import train_auto
     from MedSAMAdapterLib.training.cli_auto import AutoRichProgress, config_from_args
 
-    config = config_from_args(args)
-    train, val, meta = read_packed(args.dataset, config.intensity)
+    config = config_from_args(args) if args.arch != "autoprosam" else None
+    intensity = config.intensity if config else args.intensity
+    train, val, meta = read_packed(args.dataset, intensity)
     if args.train_cases:  # a few-shot subset of the packed training patients
         from MedSAMAdapterLib.training.cli_finetune import comma_items
         from MedSAMAdapterLib.training.datasets import choose_split
@@ -70,7 +71,18 @@ def run_train_auto(args: argparse.Namespace) -> int:
         train = [c for c in train if c.case_id in keep]
     d = meta["datasets"][0]
     labels = {int(v): n for v, n in d["labels"].items()}
-    description = {"source": "packed nnunet (scripts/gpu/pack_cases.py)", "dataset": d["name"], **d}
+    description = {"source": "packed nnunet (scripts/gpu/pack_cases.py)", "dataset": d["name"], **d,
+                   "train_cases": [c.case_id for c in train]}
+    if args.arch == "autoprosam":
+        from MedSAMAdapterLib.training.cli_volumetric import volumetric_config
+        from MedSAMAdapterLib.training.volumetric_train import VolumetricTrainer
+
+        trainer = VolumetricTrainer(volumetric_config(args, "autoprosam", {"depth_window": args.depth_window}),
+                                    train, val, args.out, labels, data_description=description)
+        with AutoRichProgress() as display:
+            trainer.fit(progress=display)
+        print(json.dumps(trainer.best, default=str))
+        return 0
     with AutoRichProgress() as display:
         result = train_auto(config, train, val, args.out, labels, progress=display, data_description=description)
     print(json.dumps(result.best, default=str))
