@@ -60,6 +60,9 @@ def pack(args: argparse.Namespace) -> None:
             array, label_map = image.array, labels.astype(np.uint8)
             if image.is_2d and args.max_side:
                 array, label_map = shrink_picture(array, label_map, args.max_side)
+            if args.uint8 and not image.is_2d:  # the model sees 8-bit display values anyway
+                lo, hi = float(array.min()), float(array.max())
+                array = np.round((array - lo) / max(hi - lo, 1e-12) * 255)
             integral = np.all(array == np.round(array)) and array.min() >= 0 and array.max() <= 255
             key = f"{dataset.name}/{case}"
             arrays[key + "/image"] = array.astype(np.uint8 if integral else np.float16)
@@ -84,6 +87,7 @@ def main() -> None:
     p.add_argument("datasets", nargs="+", type=Path)
     p.add_argument("-o", "--output", type=Path, required=True)
     p.add_argument("--max-side", type=int, default=256, help="shrink 2D pictures to this longest side (0: keep)")
+    p.add_argument("--uint8", action="store_true", help="store 3D volumes min-max scaled to 8 bits (smaller)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-patients", type=int, help="few-shot: first N training patients (build_auto_split)")
