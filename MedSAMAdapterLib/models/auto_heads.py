@@ -434,10 +434,41 @@ def auto_model_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return adapter_paths(path)
 
 
-def _file_sha256(path: Path) -> str:
+def write_model_files(path: str | os.PathLike, tensors: dict[str, Tensor], card: dict[str, Any],
+                      metadata: dict[str, str], dtype: str) -> tuple[Path, dict[str, Any]]:
+    """Tensors, then the card (which gets their sha256, count, dtype and size), each written atomically.
+
+    Shared by every automatic-model format (2D heads, volumetric models, students); returns (tensors path, card).
+    """
+    from safetensors.torch import save_file
+
+    from ..engine.atomic import atomic_path, write_text_atomic
     from .checkpoints import file_digest
 
-    return file_digest(path)
+    card = jsonable(card)
+    json.dumps(card)  # fail before writing anything
+    tensors_path, card_path = auto_model_paths(path)
+    with atomic_path(tensors_path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        card["tensors"] = {"file": tensors_path.name, "sha256": file_digest(tmp), "count": len(tensors),
+                           "dtype": dtype, "bytes": tmp.stat().st_size}
+    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
+    return tensors_path, card
+
+
+def read_model_card(path: str | os.PathLike, what: str = "model") -> tuple[dict[str, Any], Path]:
+    """(card, card path) of an automatic model; a missing, unreadable or non-object card -> WeightsError."""
+    card_path = auto_model_paths(path)[1]
+    if not card_path.is_file():
+        raise WeightsError(f"{what} card {card_path} not found: an automatic model is <name>.safetensors plus the "
+                           f"<name>.json card; both are needed")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{what} card {card_path} is unreadable: {exc}") from exc
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path} is not a model card")
+    return card, card_path
 
 
 def jsonable(value: Any) -> Any:
@@ -459,10 +490,7 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
                     metrics: dict[str, Any] | None = None, dtype: str = "float32") -> Path:
     """Write ``<stem>.safetensors`` (head tensors, ``dtype`` float32 or float16) and ``<stem>.json`` (model card)
     atomically, tensors first; returns the tensors path. ``training`` / ``metrics`` go to the card as given."""
-    from safetensors.torch import save_file
-
     from .. import __version__
-    from ..engine.atomic import atomic_path, write_text_atomic
 
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -484,30 +512,15 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
         "classes": [c.to_dict() for c in model.classes],
         "training": training or {}, "metrics": metrics or {},
     }
-    card = jsonable(card)
-    json.dumps(card)  # fail before writing anything
-    tensors_path, card_path = auto_model_paths(path)
-    with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "head": head.kind,
-                                               "base_model": model.base_model})
-        card["tensors"] = {"file": tensors_path.name, "sha256": _file_sha256(tmp), "count": len(tensors),
-                           "dtype": dtype, "bytes": tmp.stat().st_size}
-    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
-    model.card = card
+    tensors_path, model.card = write_model_files(
+        path, tensors, card, {"format": CARD_FORMAT, "head": head.kind, "base_model": model.base_model}, dtype)
     return tensors_path
 
 
 def read_auto_card(path: str | os.PathLike) -> dict[str, Any]:
     """The model card of an automatic model; missing, unreadable or foreign -> WeightsError."""
-    card_path = auto_model_paths(path)[1]
-    if not card_path.is_file():
-        raise WeightsError(f"automatic model card {card_path} not found: an automatic model is <name>.safetensors "
-                           f"plus the <name>.json card; both are needed")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"automatic model card {card_path} is unreadable: {exc}") from exc
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+    card, card_path = read_model_card(path, "automatic model")
+    if card.get("format") != CARD_FORMAT:
         raise WeightsError(f"{card_path} is not a medsam-adapter automatic-segmentation model card")
     if int(card.get("format_version", 0)) > CARD_VERSION:
         raise WeightsError(f"{card_path} was written by a newer medsam-adapter (format {card['format_version']})")
@@ -522,7 +535,9 @@ def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu")
     tensors_path = auto_model_paths(path)[0]
     if not tensors_path.is_file():
         raise WeightsError(f"automatic model tensors {tensors_path} not found (its card exists)")
-    actual, expected = _file_sha256(tensors_path), card.get("tensors", {}).get("sha256")
+    from .checkpoints import file_digest
+
+    actual, expected = file_digest(tensors_path), card.get("tensors", {}).get("sha256")
     if actual != expected:
         raise WeightsError(f"{tensors_path} has sha256 {actual} but its card expects {expected} (corrupt, "
                            f"truncated or replaced file)")

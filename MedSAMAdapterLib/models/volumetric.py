@@ -11,7 +11,6 @@ model (registry name + sha256) whose frozen encoder completes them. Students hol
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from .auto_heads import AutoClass, auto_model_paths, jsonable
+from .auto_heads import AutoClass, auto_model_paths, read_model_card, write_model_files
 
 CARD_FORMAT = "medsam-adapter/auto-volumetric"
 CARD_VERSION = 1
@@ -129,11 +128,7 @@ class VolumetricAutoModel:
 def save_volumetric_model(path: str | os.PathLike, model: VolumetricAutoModel, training: dict[str, Any] | None = None,
                           metrics: dict[str, Any] | None = None, dtype: str = "float32") -> Path:
     """Write ``<stem>.safetensors`` + ``<stem>.json`` atomically (tensors first); returns the tensors path."""
-    from safetensors.torch import save_file
-
     from .. import __version__
-    from ..engine.atomic import atomic_path, write_text_atomic
-    from .checkpoints import file_digest
 
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {dtype!r}")
@@ -154,31 +149,14 @@ def save_volumetric_model(path: str | os.PathLike, model: VolumetricAutoModel, t
                        "saved": sum(t.numel() for t in tensors.values())},
         "classes": [c.to_dict() for c in model.classes], "training": training or {}, "metrics": metrics or {},
     }
-    card = jsonable(card)
-    json.dumps(card)  # fail before writing anything
-    tensors_path, card_path = auto_model_paths(path)
-    with atomic_path(tensors_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": CARD_FORMAT, "arch": model.arch})
-        card["tensors"] = {"file": tensors_path.name, "sha256": file_digest(tmp), "count": len(tensors),
-                           "dtype": dtype, "bytes": tmp.stat().st_size}
-    write_text_atomic(card_path, json.dumps(card, indent=2) + "\n")
-    model.card = card
+    tensors_path, model.card = write_model_files(path, tensors, card, {"format": CARD_FORMAT, "arch": model.arch},
+                                                 dtype)
     return tensors_path
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
     """The model card beside ``path`` (any format); missing or unreadable -> WeightsError."""
-    card_path = auto_model_paths(path)[1]
-    if not card_path.is_file():
-        raise WeightsError(f"model card {card_path} not found: an automatic model is <name>.safetensors plus the "
-                           f"<name>.json card; both are needed")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"model card {card_path} is unreadable: {exc}") from exc
-    if not isinstance(card, dict):
-        raise WeightsError(f"{card_path} is not a model card")
-    return card
+    return read_model_card(path)[0]
 
 
 def is_volumetric(path: str | os.PathLike) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .cli_finetune import RichProgress, comma_items
+from .cli_finetune import RichProgress, add_split_options, comma_items
 
 
 def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -62,14 +62,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
     t.add_argument("--labels", action="append", default=[], metavar="NAME|VALUE[,...]",
                    help="classes to train (names or values; comma-separated or repeated); default all labels")
-    t.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
-                   help="explicit training cases or patients (e.g. patient030); default: the split's training part")
-    t.add_argument("--val-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
-                   help="explicit validation cases or patients; default: a patient-grouped split")
-    t.add_argument("--max-train-patients", type=int, metavar="N",
-                   help="few-shot: keep N training patients (seeded choice; all frames of a patient together)")
-    t.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
-    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
+    add_split_options(t)
     t.add_argument("--cnn-channels", metavar="C0,C1,...", help="CNN head stage widths (default: 128,64,32)")
     t.add_argument("--cnn-convs", metavar="N0,N1,...", help="3x3 convs per CNN stage (default: 1,1,0)")
     t.add_argument("--vit-depth", type=int, help="two-way transformer layers of the ViT head (default: 2, as SAM)")

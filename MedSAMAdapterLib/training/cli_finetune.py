@@ -43,14 +43,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--labels", action="append", default=[], metavar="NAME|VALUE[,...]",
                    help="train only these labels (names or values; comma-separated or repeated); default all")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
-    p.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
-                   help="train only on these cases or patients (e.g. patient002 = both ACDC frames)")
-    p.add_argument("--val-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
-                   help="validate on these cases or patients (instead of the random split)")
-    p.add_argument("--max-train-patients", type=int, metavar="N",
-                   help="few-shot: keep N training patients (seeded choice; frames of a patient stay together)")
-    p.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
+    add_split_options(p)
     p.add_argument("--val-slices", type=int, default=32, help="validation planes (fixed subset; default: 32)")
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without improvement (0: off)")
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="mean",
@@ -73,6 +66,18 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that has a last.pt")
     p.set_defaults(handler=run_finetune)
     return p
+
+
+def add_split_options(p: argparse.ArgumentParser) -> None:
+    """How cases are split into training and validation (``datasets.choose_split``); shared by the trainers."""
+    p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
+    p.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="train only on these cases or patients (e.g. patient002 = both ACDC frames)")
+    p.add_argument("--val-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
+                   help="validate on these cases or patients (instead of the random split)")
+    p.add_argument("--max-train-patients", type=int, metavar="N",
+                   help="few-shot: keep N training patients (seeded choice; frames of a patient stay together)")
+    p.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
