@@ -458,16 +458,10 @@ def write_model_files(path: str | os.PathLike, tensors: dict[str, Tensor], card:
 
 def read_model_card(path: str | os.PathLike, what: str = "model") -> tuple[dict[str, Any], Path]:
     """(card, card path) of an automatic model; a missing, unreadable or non-object card -> WeightsError."""
+    from .checkpoints import read_json_card
+
     card_path = auto_model_paths(path)[1]
-    if not card_path.is_file():
-        raise WeightsError(f"{what} card {card_path} not found: an automatic model is <name>.safetensors plus the "
-                           f"<name>.json card; both are needed")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{what} card {card_path} is unreadable: {exc}") from exc
-    if not isinstance(card, dict):
-        raise WeightsError(f"{card_path} is not a model card")
+    card = read_json_card(card_path, what, "an automatic model is <name>.safetensors plus the <name>.json card")
     return card, card_path
 
 

@@ -107,17 +107,25 @@ def save_adapter(path: str | os.PathLike, model: nn.Module, recipe: str, base_mo
     return tensors_path
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any]:
-    """The model card of an adapter; missing, unreadable or foreign -> WeightsError."""
-    card_path = adapter_paths(path)[1]
+def read_json_card(card_path: Path, what: str, pairing: str) -> dict[str, Any]:
+    """A JSON model card as a dict; missing, unreadable or not an object -> WeightsError naming ``what``."""
     if not card_path.is_file():
-        raise WeightsError(f"adapter model card {card_path} not found: an adapter is <name>.safetensors plus the "
-                           f"<name>.json card written by save_adapter; both are needed")
+        raise WeightsError(f"{what} card {card_path} not found: {pairing}; both are needed")
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"adapter model card {card_path} is unreadable: {exc}") from exc
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise WeightsError(f"{what} card {card_path} is unreadable: {exc}") from exc
+    if not isinstance(card, dict):
+        raise WeightsError(f"{card_path} is not a model card")
+    return card
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The model card of an adapter; missing, unreadable or foreign -> WeightsError."""
+    card_path = adapter_paths(path)[1]
+    card = read_json_card(card_path, "adapter model",
+                          "an adapter is <name>.safetensors plus the <name>.json card written by save_adapter")
+    if card.get("format") != CARD_FORMAT:
         raise WeightsError(f"{card_path} is not a medsam-adapter adapter card")
     if int(card.get("format_version", 0)) > CARD_VERSION:
         raise WeightsError(f"{card_path} was written by a newer medsam-adapter (card format "

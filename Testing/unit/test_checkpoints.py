@@ -206,7 +206,7 @@ def test_half_precision_copy_loads_and_stays_close(tmp_path):
     loaded = load_adapter(half, build_tiny_test_model())
     for a, b in zip(outputs(model), outputs(loaded)):
         assert a.dtype == b.dtype == torch.float32
-        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+        assert float((a - b).abs().max()) <= 1e-2 * float(a.abs().max())  # fp16 rounding, relative to the scale
     assert loaded.weights_sha256 != load_adapter(tmp_path / "full.safetensors", build_tiny_test_model()).weights_sha256
     with pytest.raises(InputError, match="floating"):
         checkpoints.store_adapter_as(tmp_path / "full.safetensors", tmp_path / "bad", "int8")
