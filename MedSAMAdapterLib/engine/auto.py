@@ -92,7 +92,7 @@ class AutoSegmenter:
         if base_model is None:
             from ..models.loading import open_model
 
-            base_model = open_model(self.head.base_model, weights=weights, device=self.device)
+            base_model = open_model(self.head.base_model, weights=weights, device=self.device, adapter="none")
         name, sha = base_identity(base_model)
         if (name, sha) != (self.head.base_model, self.head.base_sha256):
             raise WeightsError(f"automatic model {self.path.name} was trained on base model "

@@ -166,7 +166,9 @@ class SceneController:
 
         path = self.auto_models().get(str(model)) or Path(model)
         base_name = (read_auto_card(path).get("base_model") or {}).get("name")
-        reuse = self.settings.name == base_name and not self.settings.adapter  # the open model may be that base
+        # Reuse the open model only when it is that base without an adapter (the shipped click adapter changes
+        # the encoder, and the head was trained on the base encoder's embeddings).
+        reuse = self.settings.name == base_name and getattr(self.model, "peft_config", None) is None
         labels, classes = run_auto(volume_from_node(volume_node), path, device=_device(self.settings.device),
                                    progress=progress, base_model=self.model if reuse else None, cache=self.cache)
         return self.import_labels(

@@ -134,9 +134,12 @@ def test_unreadable_files_and_missing_volume_are_input_errors(tmp_path):
     assert web.status()["volume"] is None
 
 
-def test_auto_segmentation_is_disabled_with_a_reason_when_no_model_is_found(session):
-    if session.auto_models():
-        pytest.skip("a prompt-free model is installed in the user's model folder")
+def test_auto_segmentation_offers_the_shipped_model_and_explains_when_none_is_found(session, tmp_path, monkeypatch):
+    assert "acdc_heart_autosam" in session.auto_models() and session.auto_unavailable_reason() == ""
+    from MedSAMAdapterLib.scene.controller import SceneController
+
+    monkeypatch.setattr(SceneController, "auto_model_folders", staticmethod(lambda: [tmp_path / "empty"]))
+    assert session.auto_models() == {}
     assert "train-auto" in session.auto_unavailable_reason()
     with pytest.raises(InputError, match="unknown prompt-free model"):
         session.run_auto("nothing")
