@@ -523,18 +523,11 @@ def read_auto_card(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AutoModel:
     """Read an automatic model (tensors sha256-checked against the card) in eval mode on ``device``."""
-    from .registry import read_state_dict
+    from .checkpoints import read_checked_tensors
 
     card = read_auto_card(path)
     tensors_path = auto_model_paths(path)[0]
-    if not tensors_path.is_file():
-        raise WeightsError(f"automatic model tensors {tensors_path} not found (its card exists)")
-    from .checkpoints import file_digest
-
-    actual, expected = file_digest(tensors_path), card.get("tensors", {}).get("sha256")
-    if actual != expected:
-        raise WeightsError(f"{tensors_path} has sha256 {actual} but its card expects {expected} (corrupt, "
-                           f"truncated or replaced file)")
+    saved = read_checked_tensors(tensors_path, card, "automatic model")
     try:
         h = card["head"]
         head = build_head(h["type"], int(h["num_classes"]), int(h["embed_dim"]), int(h["embedding_size"]),
@@ -543,7 +536,7 @@ def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu")
         base = card["base_model"]
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"automatic model card {auto_model_paths(path)[1]} is incomplete: {exc}") from exc
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(tensors_path).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in saved.items()}
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -133,17 +133,22 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return card
 
 
-def _read_tensors(path: str | os.PathLike, card: dict[str, Any]) -> dict:
+def read_checked_tensors(tensors_path: Path, card: dict[str, Any], what: str) -> dict:
+    """The tensors of a card's ``.safetensors`` file after checking it exists and matches the card's sha256
+    (missing, corrupt, truncated or replaced -> WeightsError). Shared by adapters and automatic models."""
     from .registry import read_state_dict
 
-    tensors_path = adapter_paths(path)[0]
     if not tensors_path.is_file():
-        raise WeightsError(f"adapter tensors {tensors_path} not found (its card {adapter_paths(path)[1]} exists)")
+        raise WeightsError(f"{what} tensors {tensors_path} not found (its card exists)")
     actual, expected = file_digest(tensors_path), card.get("tensors", {}).get("sha256")
     if actual != expected:
-        raise WeightsError(f"adapter tensors {tensors_path} have sha256 {actual} but the card expects {expected} "
+        raise WeightsError(f"{what} tensors {tensors_path} have sha256 {actual} but the card expects {expected} "
                            f"(corrupt, truncated or replaced file)")
     return read_state_dict(tensors_path)
+
+
+def _read_tensors(path: str | os.PathLike, card: dict[str, Any]) -> dict:
+    return read_checked_tensors(adapter_paths(path)[0], card, "adapter")
 
 
 def _check_base(model: nn.Module, card: dict[str, Any], path: str | os.PathLike) -> tuple[str, str]:

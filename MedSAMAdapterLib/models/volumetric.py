@@ -171,8 +171,7 @@ def load_volumetric_model(path: str | os.PathLike, device: str | torch.device = 
     AutoProSAM: ``base_model`` (else the card's base model from the registry, ``weights`` overriding the file)
     must be the one the card names (registry name + sha256).
     """
-    from .checkpoints import file_digest
-    from .registry import read_state_dict
+    from .checkpoints import read_checked_tensors
 
     card = read_card(path)
     if card.get("format") != CARD_FORMAT:
@@ -180,10 +179,7 @@ def load_volumetric_model(path: str | os.PathLike, device: str | torch.device = 
     if int(card.get("format_version", 0)) > CARD_VERSION:
         raise WeightsError(f"{auto_model_paths(path)[1]} was written by a newer medsam-adapter")
     tensors_path = auto_model_paths(path)[0]
-    if not tensors_path.is_file():
-        raise WeightsError(f"model tensors {tensors_path} not found (its card exists)")
-    if file_digest(tensors_path) != card.get("tensors", {}).get("sha256"):
-        raise WeightsError(f"{tensors_path} does not match the sha256 in its card (corrupt, truncated or replaced)")
+    saved = read_checked_tensors(tensors_path, card, "volumetric model")
     base = card.get("base_model")
     if card.get("arch") == "autoprosam":
         base_model = _checked_base(base, base_model, weights)
@@ -192,7 +188,7 @@ def load_volumetric_model(path: str | os.PathLike, device: str | torch.device = 
         network = build_network(card["arch"], int(card["num_classes"]), dict(card.get("options") or {}), base_model)
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"model card {auto_model_paths(path)[1]} is incomplete: {exc}") from exc
-    state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(tensors_path).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in saved.items()}
     try:
         load_saved_tensors(network, state)
     except (RuntimeError, InputError) as exc:
