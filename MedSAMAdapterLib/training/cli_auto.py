@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .cli_finetune import RichProgress, add_split_options, comma_items
+from .cli_finetune import RichProgress, add_runtime_options, add_split_options, comma_items
 
 
 def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -72,12 +72,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
                    help="dtype of the saved head tensors (float16 halves the file)")
     t.add_argument("--model", default="litemedsam", help="base model from `medsam-adapter info` (default: %(default)s)")
     t.add_argument("--weights", type=Path, help="explicit base weights file")
-    t.add_argument("--intensity", default="auto",
-                   help="auto, minmax, percentile[:lo,hi], window:center,width or a CT preset (default: auto)")
-    t.add_argument("--no-cache", action="store_true", help="keep embeddings in memory only (no disk cache)")
-    t.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
-    t.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_runtime_options(t)
     t.add_argument("--seed", type=int, default=0)
     from .cli_volumetric import add_volumetric_options
 

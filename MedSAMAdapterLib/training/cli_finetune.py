@@ -21,7 +21,7 @@ from ..errors import InputError
 
 def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``finetune`` subcommand to an ``argparse`` subparsers object; returns its parser."""
-    from .trainer import RECIPES, SELECT_METRICS
+    from .config import RECIPES, SELECT_METRICS
 
     p = subparsers.add_parser(
         "finetune", help="fine-tune a model (PEFT adapter) on nnU-Net raw dataset folders",
@@ -55,17 +55,22 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute encoder blocks in the backward pass (encoder recipes; saves GPU memory)")
     p.add_argument("--no-bf16", action="store_true", help="no bf16 autocast on CUDA")
+    add_runtime_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt")
+    p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that has a last.pt")
+    p.set_defaults(handler=run_finetune)
+    return p
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """Embedding cache, intensity policy, device and threads: the same for every trainer."""
     p.add_argument("--no-cache", action="store_true", help="keep cached embeddings in memory only (no disk cache)")
     p.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     p.add_argument("--intensity", default="auto",
                    help="auto, minmax, percentile[:lo,hi], window:center,width or a CT preset (default: auto)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last.pt")
-    p.add_argument("--overwrite", action="store_true", help="start over in a RUN_DIR that has a last.pt")
-    p.set_defaults(handler=run_finetune)
-    return p
 
 
 def add_split_options(p: argparse.ArgumentParser) -> None:
@@ -84,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` described by parsed ``finetune`` arguments."""
     from ..engine.preprocessing import IntensityPolicy
     from .prompts import PromptPolicy
-    from .trainer import TrainConfig
+    from .config import TrainConfig
 
     IntensityPolicy.parse(args.intensity)  # fail early on a typo; the trainer keeps (and re-parses) the text
     return TrainConfig(
