@@ -224,6 +224,11 @@ def _check_index(shape: Sequence[int], axis: int, index: int) -> None:
         raise PromptError(f"slice index {index} is outside 0..{n - 1} along axis {axis} ({_AXIS_NAMES[axis]})")
 
 
+def slice_component(axis: int) -> int:
+    """Which (i, j, k) component is constant on slices along numpy ``axis`` (axis 0 -> k = component 2)."""
+    return _SLICE_IJK[_check_axis(axis)][0]
+
+
 def ijk_to_slice_rc(ijk: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3) points (i, j, k) -> (slice index (N,), (row, col) (N, 2)) for slices along ``axis``; keeps dtype."""
     pts = np.atleast_2d(np.asarray(ijk))

@@ -238,8 +238,7 @@ class SceneSegmenter:
         corners = self._to_ijk(np.asarray([corner_a, corner_b], dtype=np.float64))
         centre = corners.mean(0)
         index = self._single_slice(centre[None], axis)
-        slice_comp = {0: 2, 1: 1, 2: 0}[axis]
-        corners[:, slice_comp] = index  # both corners on the slice the box was drawn on
+        corners[:, geo.slice_component(axis)] = index  # both corners on the slice the box was drawn on
         key = (segment_id, axis, index)
         before = self._prompts.get(key, SlicePromptState())
         after = SlicePromptState(box_ijk=(tuple(corners[0].tolist()), tuple(corners[1].tolist())))  # type: ignore[arg-type]
@@ -275,7 +274,7 @@ class SceneSegmenter:
         written = self.session.segment_box_3d(engine_id, axis, box_rc, first, last)
         middle = (first + last) // 2
         mid_lo, mid_hi = lo.copy(), hi.copy()
-        mid_lo[{0: 2, 1: 1, 2: 0}[axis]] = mid_hi[{0: 2, 1: 1, 2: 0}[axis]] = middle
+        mid_lo[geo.slice_component(axis)] = mid_hi[geo.slice_component(axis)] = middle
         key = (segment_id, axis, middle)
         state = SlicePromptState(box_ijk=(tuple(mid_lo.tolist()), tuple(mid_hi.tolist())))  # type: ignore[arg-type]
         self._last_slice[segment_id] = (axis, middle)
