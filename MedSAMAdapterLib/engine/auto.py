@@ -119,23 +119,23 @@ class AutoSegmenter:
         embedder.embed_indices(0, list(range(count)), (lambda d, _t: progress(d, 2 * count)) if progress else None)
         return embedder
 
+    def _embedded(self, volume: Volume, progress: ProgressCallback | None) -> tuple[Any, ProgressCallback | None]:
+        """(embedder, head progress): embedding reports the first half of the total, the head the second."""
+        count = volume.shape[0]
+        embedder = self._embedder(volume, progress)
+        return embedder, (lambda d, _t: progress(count + d, 2 * count)) if progress else None
+
     def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
         """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU)."""
         if self.volumetric is not None:
             return self.volumetric.logits(volume, progress)
-        count = volume.shape[0]
-        embedder = self._embedder(volume, progress)
-        return self.head.volume_logits(volume, embedder,
-                                       (lambda d, _t: progress(count + d, 2 * count)) if progress else None)
+        return self.head.volume_logits(volume, *self._embedded(volume, progress))
 
     def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map (k, j, i) with the classes' label values."""
         if self.volumetric is not None:
             return self.volumetric.predict_volume(volume, progress)
-        count = volume.shape[0]
-        embedder = self._embedder(volume, progress)
-        return self.head.predict_volume(volume, embedder,
-                                        (lambda d, _t: progress(count + d, 2 * count)) if progress else None)
+        return self.head.predict_volume(volume, *self._embedded(volume, progress))
 
     def segment(self, volume: Volume, progress: ProgressCallback | None = None
                 ) -> tuple[np.ndarray, list[AutoSegment]]:
