@@ -66,11 +66,16 @@ def test_label_map_import_adds_named_segments_without_touching_existing_ones(set
     assert np.array_equal(bridge.segment_mask(kept), block)
 
 
-def test_export_for_finetuning_reads_back_as_an_nnunet_dataset(setup, tmp_path):
+def scene_with_ball_segment(setup):
+    """(controller, volume node, segmentation node) with a 'ball' segment painted from the fixture's ball mask."""
     controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
     bridge = controller.segmenter(volume, segmentation)
-    ball = bridge.add_segment("ball")
-    bridge.grid.write(ball, bridge.grid.full, setup["ball"])
+    bridge.grid.write(bridge.add_segment("ball"), bridge.grid.full, setup["ball"])
+    return controller, volume, segmentation
+
+
+def test_export_for_finetuning_reads_back_as_an_nnunet_dataset(setup, tmp_path):
+    controller, volume, segmentation = scene_with_ball_segment(setup)
     root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset900_Slicer", case="ball_001")
     dataset = open_dataset(root)
     assert dataset.cases == ["ball_001"] and dataset.labels == {"ball": 1}
@@ -162,12 +167,10 @@ def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
     from MedSAMAdapterLib.models.registry import build_tiny_test_model
     from MedSAMAdapterLib.training.datasets import build_nnunet_split
     from MedSAMAdapterLib.training.prompts import PromptPolicy
-    from MedSAMAdapterLib.training.trainer import TrainConfig, Trainer
+    from MedSAMAdapterLib.training.config import TrainConfig
+    from MedSAMAdapterLib.training.trainer import Trainer
 
-    controller, volume, segmentation = setup["controller"], setup["volume"], setup["segmentation"]
-    bridge = controller.segmenter(volume, segmentation)
-    ball = bridge.add_segment("ball")
-    bridge.grid.write(ball, bridge.grid.full, setup["ball"])
+    controller, volume, segmentation = scene_with_ball_segment(setup)
     root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset901_Scene", case="a")
     controller.export_training_case(volume, segmentation, root, case="b")
 
