@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine.atomic import atomic_path, write_text_atomic
+from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
 from .datasets import SLICE_AXIS, TrainingCase
@@ -473,35 +473,6 @@ def _write_outputs(run_dir: Path, cfg: AutoTrainConfig, history: list[dict[str, 
     write_text_atomic(run_dir / "history.json", json.dumps(finite_or_none(
         {"config": cfg.to_dict(), "best": best, "stats": stats, "history": history}), indent=2, default=str) + "\n")
     if history:
+        from .reporting import write_auto_curve
+
         write_auto_curve(history, run_dir / "training_curve.png")
-
-
-def write_auto_curve(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Training loss and validation Dice per class (+ mean) vs epoch (matplotlib Agg), written atomically.
-
-    (``trainer.write_curve`` plots the promptable box / click Dice keys only, hence this variant.)
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.6), dpi=110)
-    ax_loss, ax_dice = fig.subplots(1, 2)
-    ax_loss.plot([h["epoch"] for h in history], [h["loss"] for h in history], "o-", ms=3, label="train DiceCE")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
-    ax_loss.legend()
-    keys = sorted({k for h in history for k in h if k.startswith("val_dice_")}, key=lambda k: (k == "val_dice_mean", k))
-    for key in keys:
-        pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
-        if pts:
-            ax_dice.plot(*zip(*pts), "s-" if key == "val_dice_mean" else "o-", ms=3,
-                         lw=2 if key == "val_dice_mean" else 1, label=key[len("val_dice_"):])
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice (3D, per case)", ylim=(0, 1))
-    if ax_dice.lines:
-        ax_dice.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path

@@ -37,31 +37,30 @@ Choices (documented in the run's ``report.md`` too):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.atomic import atomic_path, write_text_atomic
+from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform, prepare_slice, resize_bilinear
 from ..errors import InputError
 from ..evaluation.clicks import first_click, next_click, tight_box
-from .common import (ProgressCallback, TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups,
-                     resolve_device, restore_rng, rng_state)
+from .common import (ProgressCallback, TrainEvent, dice_np, enable_gradient_checkpointing, finite_or_none, lr_lambda,
+                     nanmean, param_groups, resolve_device, restore_rng, rng_state)
 from .common import load_state as _load_state
 from .common import save_state as _write_state
-from .datasets import SLICE_AXIS, SliceDataset, SliceSample
-from .prompts import PromptPolicy, PromptSimulator, SimulatedPrompt
+from .config import TrainConfig
+from .datasets import SliceDataset, SliceSample
+from .embeddings import CachedEmbeddings
+from .prompts import PromptSimulator, SimulatedPrompt
 
-RECIPES = ("decoder", "medsa", "medsa-3d", "lora")
-SELECT_METRICS = ("mean", "box", "clicks_1", "clicks_3", "clicks_5")
 CLICK_LEVELS = (1, 3, 5)
 STATE_FILE = "last.pt"
 ADAPTER_STEM = "best_adapter"
@@ -69,83 +68,6 @@ STATE_FORMAT = "medsam-adapter/train-state"
 STATE_VERSION = 1
 #: Settings that must not change when a run is resumed (they change what the saved tensors mean).
 RESUME_FIXED = ("recipe", "model", "weights", "seed", "batch_size", "steps_per_epoch", "depth_chunk", "peft")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Fine-tuning settings (see the module docstring for what each choice means).
-
-    ``lr``: 1e-4..5e-4 is the range the Med-SA / SAMUS / AutoSAM recipes use; ``warmup_steps`` None = 5 % of
-    all steps. ``cache_embeddings`` None = automatic (on when the recipe leaves the encoder frozen).
-    ``depth_chunk``: planes per SD-Trans chunk (``medsa-3d``); a batch is then ``batch_size`` chunks.
-    ``peft``: extra :class:`~MedSAMAdapterLib.models.peft.PeftConfig` fields (``adapter_ratio``, ``lora_rank``...).
-    ``cache_dir`` None = ``engine.cache.default_cache_dir() / "embeddings"`` (shared with interactive sessions);
-    ``cache_on_disk`` False keeps cached embeddings in memory only (``cache_memory_bytes`` must then hold them).
-    """
-
-    recipe: str = "decoder"
-    model: str = "litemedsam"
-    weights: str | None = None
-    epochs: int = 10
-    steps_per_epoch: int = 50
-    batch_size: int = 4
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None
-    min_lr_ratio: float = 0.01
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True
-    gradient_checkpointing: bool = False
-    cache_embeddings: bool | None = None
-    cache_dir: str | None = None
-    cache_on_disk: bool = True
-    cache_memory_bytes: int = 2 * 1024**3
-    embed_batch_size: int = 4
-    depth_chunk: int = 4
-    peft: dict[str, Any] = dataclasses.field(default_factory=dict)
-    prompt: PromptPolicy = dataclasses.field(default_factory=PromptPolicy)
-    iou_loss_weight: float = 1.0
-    val_slices: int | None = 32
-    val_every: int = 1
-    baseline_validation: bool = True
-    patience: int | None = 5
-    select_metric: str = "mean"
-    intensity: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.recipe not in RECIPES:
-            raise InputError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        if self.select_metric not in SELECT_METRICS:
-            raise InputError(f"select_metric must be one of {', '.join(SELECT_METRICS)}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every", "depth_chunk", "embed_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise InputError("lr must be > 0, weight_decay >= 0 and min_lr_ratio in [0, 1]")
-        if isinstance(self.prompt, dict):
-            self.prompt = PromptPolicy(**self.prompt)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    @property
-    def warmup(self) -> int:
-        if self.warmup_steps is not None:
-            return max(0, int(self.warmup_steps))
-        return max(1, int(round(0.05 * self.total_steps)))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["prompt"] = self.prompt.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -163,81 +85,6 @@ def model_space_target(mask: np.ndarray, transform: SliceTransform, size: int | 
     x = F.pad(x, (0, s - transform.resized_hw[1], 0, s - transform.resized_hw[0]))
     size = int(size or transform.low_res_size)
     return F.interpolate(x, (size, size), mode="area") if size != s else x
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> int:
-    """Recompute each encoder attention block in the backward pass (less memory, ~30 % more compute).
-
-    Wraps the ``forward`` of every TinyViT / SAM ViT / Med-SA block instance (the model's files and state dict
-    are untouched); only active while gradients are being recorded. Returns the number of blocks wrapped.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    from ..models.peft.adapters import MEDSA_BLOCKS, sam_block_class
-    from ..models.tiny_vit import TinyViTBlock
-
-    kinds = (*MEDSA_BLOCKS, TinyViTBlock, sam_block_class())
-    count = 0
-    for module in model.image_encoder.modules():
-        if isinstance(module, kinds) and not getattr(module, "_medsam_checkpointed", False):
-            original = module.forward
-
-            def forward(x: Tensor, _f: Callable[[Tensor], Tensor] = original) -> Tensor:
-                if torch.is_grad_enabled():
-                    return checkpoint(_f, x, use_reentrant=False)
-                return _f(x)
-
-            module.forward = forward
-            module._medsam_checkpointed = True
-            count += 1
-    return count
-
-
-# ---------------------------------------------------------------------------------------------- embeddings
-class CachedEmbeddings:
-    """Frozen-encoder embeddings of one dataset's planes via ``VolumeEmbedder`` + ``EmbeddingCache``.
-
-    The cache key uses the *base* model's fingerprint (``model.peft_base_sha256``, recorded by ``apply_peft``):
-    a frozen encoder gives the base model's embeddings whatever the decoder adapters hold, so the entries are
-    shared with interactive sessions on the base model and survive a resume.
-    """
-
-    def __init__(self, dataset: SliceDataset, model: nn.Module, cache: Any, intensity: str, batch_size: int,
-                 device: torch.device) -> None:
-        from ..engine.embedder import VolumeEmbedder
-        from ..engine.preprocessing import IntensityPolicy
-
-        self.device = device
-        self.embedders = []
-        adapted_sha = model.weights_sha256
-        model.weights_sha256 = getattr(model, "peft_base_sha256", None) or adapted_sha
-        try:
-            for case in dataset.cases:
-                emb = VolumeEmbedder(case.volume, model, cache, IntensityPolicy.parse(intensity), batch_size)
-                emb.display = case.display  # same values (same policy): share the array, not a second copy
-                self.embedders.append(emb)
-        finally:
-            model.weights_sha256 = adapted_sha  # None after surgery: the adapted weights are not the file's
-
-    def precompute(self, planes: dict[int, list[int]], progress: Callable[[int, int], None] | None = None) -> int:
-        """Embed the planes not yet cached; returns how many were computed."""
-        total = sum(len(v) for v in planes.values())
-        done = computed = 0
-        for ci, indices in planes.items():
-            base = done
-
-            def report(d: int, _t: int, _base: int = base) -> None:
-                if progress:
-                    progress(_base + d, total)
-
-            computed += self.embedders[ci].embed_indices(SLICE_AXIS, indices, report)
-            done += len(indices)
-        return computed
-
-    def get(self, case_index: int, slice_index: int) -> tuple[Tensor, SliceTransform]:
-        emb = self.embedders[case_index]
-        tensor = emb.embedding(SLICE_AXIS, slice_index).to(self.device, torch.float32)
-        return tensor.clone(), emb.transform(SLICE_AXIS, slice_index)  # clone: never an inference tensor
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -666,60 +513,16 @@ class Trainer:
             {"config": self.config.to_dict(), "baseline": self.baseline, "best": self.best,
              "history": self.history}), indent=2, default=str) + "\n")
         if self.history:
+            from .reporting import write_curve
+
             write_curve(self.history, self.run_dir / "training_curve.png", self.baseline)
         write_text_atomic(self.run_dir / "report.md", self.report_markdown(stopped_early))
 
     def report_markdown(self, stopped_early: bool = False) -> str:
-        """The run's ``report.md``: settings, data, parameter counts, history table, best epoch, timings."""
-        cfg = self.config
-        lines = [f"# Fine-tuning report: {cfg.model} / {cfg.recipe}", ""]
-        best = self.best
-        if best:
-            lines.append(f"Best epoch **{best['epoch']}** by {best['by']} = {best['score']:.4f}; adapter "
-                         f"`{self.adapter_path.name}` (+ `.json` model card).")
-        if self.cached:
-            embeddings = (f"cached (frozen encoder): {self.stats.get('cached_planes', 0)} planes, "
-                          f"{self.stats['embedded_planes']} computed in {self.stats['embedding_seconds']:.1f} s")
-        else:
-            embeddings = "computed every step (trainable encoder)"
-            if self.checkpointed_blocks:
-                embeddings += f"; gradient checkpointing on {self.checkpointed_blocks} blocks"
-        autocast = " (bf16 autocast)" if self.device.type == "cuda" and cfg.bf16 else ""
-        lines += ["", f"Epochs finished: {self.epoch} of {cfg.epochs}" + (" (early stop)" if stopped_early else ""),
-                  "", f"Device: {self.device}{autocast}", "", f"Embeddings: {embeddings}", ""]
-        lines += ["## Parameters", "", "```", str(self.parameter_report), "```", ""]
-        lines += ["## Data", ""]
-        for ds in self.data_description.get("datasets", []) or []:
-            if "skipped" in ds:
-                lines.append(f"- {ds['name']}: skipped ({ds['skipped']})")
-                continue
-            lines.append(f"- **{ds['name']}** ({ds.get('dimensionality', '')}) labels {ds.get('labels')}: "
-                         f"{len(ds.get('train_cases', []))} training / {len(ds.get('val_cases', []))} validation "
-                         f"cases")
-        lines.append(f"- training planes: {self.train_data.foreground_count} foreground, "
-                     f"{self.train_data.edge_count} edge; validation planes: {len(self.val_items)}")
-        lines += ["", "## History", ""]
-        cols = ["epoch", "loss", "seg_loss", "lr", "val_box", "val_clicks_1", "val_clicks_3", "val_clicks_5",
-                "val_loss", "seconds_per_step"]
-        lines.append("| " + " | ".join(cols) + " |")
-        lines.append("|" + "---|" * len(cols))
-        if self.baseline:
-            lines.append("| 0 (base) | | | | " + " | ".join(_fmt(self.baseline.get(c[4:])) for c in cols[4:9]) + " | |")
-        for h in self.history:
-            lines.append("| " + " | ".join(_fmt(h.get(c)) for c in cols) + " |")
-        lines += ["", "## Settings", "", "```json", json.dumps(cfg.to_dict(), indent=2, default=str), "```", "",
-                  "## Method notes", "",
-                  "- Loss: DiceCE (sigmoid, squared_pred) on the decoder's low-res logits against the label mapped "
-                  "to model space (area-averaged soft target); BCE only for empty targets; min over the three "
-                  "masks for single-click prompts; + MSE on the predicted IoU.",
-                  "- Prompts: mixture of tight / jittered boxes and 1..N clicks with SAM-style simulated corrective "
-                  f"clicks ({json.dumps(cfg.prompt.to_dict())}).",
-                  "- Validation: fixed held-out planes (per case and label the largest plane, then random ones); "
-                  "Dice with a tight box and after 1/3/5 clicks (centre, then largest error, previous logits fed "
-                  "back) - single-plane numbers, not the 3D propagation protocol of `medsam-adapter evaluate`.",
-                  "", "Files: `last.pt` (resume state), `best_adapter.safetensors` + `.json`, `history.json`, "
-                  "`training_curve.png`.", ""]
-        return "\n".join(lines)
+        """The run's ``report.md`` (``reporting.finetune_report``)."""
+        from .reporting import finetune_report
+
+        return finetune_report(self, stopped_early)
 
     # --- events ---------------------------------------------------------------------------------------
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -727,51 +530,3 @@ class Trainer:
             fields.setdefault("epochs", self.config.epochs)
             fields.setdefault("steps", self.config.steps_per_epoch)
             self._progress(TrainEvent(kind, **fields))
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "nan"
-        return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e3 else f"{value:.4f}"
-    return str(value)
-
-
-def write_curve(history: Sequence[dict[str, Any]], path: str | Path, baseline: dict[str, Any] | None = None) -> Path:
-    """Training loss and validation Dice vs epoch, written atomically.
-
-    matplotlib's object API (``Figure`` + the Agg canvas ``savefig`` picks for PNG): no pyplot, no global backend
-    switch, so it is safe inside Slicer and in worker threads.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(9, 3.6), dpi=110)
-    ax_loss, ax_dice = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [h["loss"] for h in history], "o-", label="train (DiceCE + IoU MSE)")
-    if all("seg_loss" in h for h in history):
-        ax_loss.plot(epochs, [h["seg_loss"] for h in history], "^:", label="train DiceCE")
-    if any("val_loss" in h for h in history):
-        ax_loss.plot([h["epoch"] for h in history if "val_loss" in h],
-                     [h["val_loss"] for h in history if "val_loss" in h], "s--", label="val DiceCE (box)")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_loss.legend()
-    for key, style in (("box", "o-"), ("clicks_1", "^-"), ("clicks_3", "v-"), ("clicks_5", "d-")):
-        pts = [(h["epoch"], h[f"val_{key}"]) for h in history if h.get(f"val_{key}") is not None]
-        if baseline and baseline.get(key) is not None:
-            pts = [(0, baseline[key])] + pts
-        if pts:
-            ax_dice.plot(*zip(*pts), style, label=key)
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
-    for ax in (ax_loss, ax_dice):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if ax_dice.lines:
-        ax_dice.legend(loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path

@@ -363,7 +363,7 @@ class VolumetricTrainer:
         self._emit("setup", epoch=self.epoch, message=f"resumed from {self.state_path} after epoch {self.epoch}")
 
     def _write_outputs(self) -> None:
-        from .auto_train import write_auto_curve
+        from .reporting import write_auto_curve
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.run_dir / "history.json", json.dumps(finite_or_none(

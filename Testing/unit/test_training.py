@@ -21,7 +21,8 @@ from MedSAMAdapterLib.models.checkpoints import load_adapter, read_card
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.training.datasets import build_array_split, build_nnunet_split, make_case
 from MedSAMAdapterLib.training.prompts import PromptPolicy, PromptSimulator
-from MedSAMAdapterLib.training.trainer import STATE_FILE, TrainConfig, Trainer, model_space_target
+from MedSAMAdapterLib.training.config import TrainConfig
+from MedSAMAdapterLib.training.trainer import STATE_FILE, Trainer, model_space_target
 
 IMAGE = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
 POINTS = torch.tensor([[[20.0, 24.0], [40.0, 30.0]]])
