@@ -174,6 +174,11 @@ class AutoRun:
     def label_values(self) -> list[int]:
         return [int(c.label_value) for c in self.segmenter.classes]
 
+    @property
+    def values_by_class_key(self) -> dict[str, int]:
+        """{class key (``class_key``): label value} of the model's classes."""
+        return {class_key(c.name): int(c.label_value) for c in self.segmenter.classes}
+
     def labels(self) -> np.ndarray:
         return np.asarray(self.segmenter.predict(self.volume))
 
@@ -192,15 +197,44 @@ def auto_session_factory(model_path: str | Path, device: str = "cpu") -> Session
 
 
 # --- protocols ------------------------------------------------------------------------------------------
+def class_key(name: str) -> str:
+    """What two class names must share to be the same structure: the terminology's canonical name when there is
+    one (``RV`` and ``heart_ventricle_right`` are both ``right_ventricle``), else the lower-case name."""
+    from ..engine.terminology import terminology_for
+
+    entry = terminology_for(name)
+    return str(entry["name"]) if entry else name.strip().lower()
+
+
+def match_classes(model_values: Mapping[str, int], labels: Mapping[str, int]) -> tuple[dict[str, int], dict[int, int],
+                                                                                      str]:
+    """Which dataset labels an automatic model is scored on: (scored {label name: dataset value}, {model value:
+    dataset value}, "name" | "value").
+
+    By structure name when any name matches (a model trained on another dataset, e.g. abdominal organs scored on
+    different CT slices with other label numbers); otherwise by label value.
+    """
+    by_name = {name: value for name, value in labels.items() if class_key(name) in model_values}
+    if by_name:
+        return by_name, {model_values[class_key(n)]: v for n, v in by_name.items()}, "name"
+    values = set(model_values.values())
+    by_value = {name: value for name, value in labels.items() if value in values}
+    return by_value, {v: v for v in by_value.values()}, "value"
+
+
 def _run_auto(run: Any, gt: np.ndarray, labels: Mapping[str, int], spacing, tol: float) -> dict[str, Any]:
     """Every class the model predicts is scored on every case, also where the ground truth lacks it (an empty
-    prediction there scores 1, any false positive 0): automatic segmentation must also say 'not here'."""
-    prediction = run.labels()
-    scored = {name: value for name, value in labels.items() if value in run.label_values}
+    prediction there scores 1, any false positive 0): automatic segmentation must also say 'not here'.
+    Classes are matched to the dataset's labels by name, or by value when no name matches (``match_classes``)."""
+    predicted = run.labels()
+    scored, to_dataset, matched_by = match_classes(run.values_by_class_key, labels)
+    prediction = np.zeros(np.shape(predicted), np.asarray(gt).dtype)
+    for model_value, dataset_value in to_dataset.items():
+        prediction[predicted == model_value] = dataset_value
     per_label = M.case_metrics(prediction, gt, scored, spacing, tol)
     overlay = largest_slice(gt > 0) if gt.any() else 0
     record = {"slice_index": {}, "metrics": {"auto": per_label}, "composed": {}, "overlay_index": overlay,
-              "scored_labels": list(scored)}
+              "scored_labels": list(scored), "classes_matched_by": matched_by}
     return {"record": record, "prediction": prediction}
 
 

@@ -292,23 +292,33 @@ def parameter_count(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------- the bundle
 @dataclass
 class AutoClass:
-    """One foreground class: its name, label value in written label maps, colour (0..1 RGB), terminology."""
+    """One foreground class: its name, label value in written label maps, colour (0..1 RGB), terminology.
+
+    ``single_component``: the class is one connected object, so predictions keep only its largest 3D component
+    (``engine.postprocess``).
+    """
 
     name: str
     label_value: int
     color: tuple[float, float, float] | None = None
     terminology: dict[str, Any] | None = None
+    single_component: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "label_value": int(self.label_value),
                 "color": None if self.color is None else [round(float(c), 4) for c in self.color],
-                "terminology": self.terminology}
+                "terminology": self.terminology, "single_component": bool(self.single_component)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoClass":
         color = data.get("color")
         return cls(str(data["name"]), int(data["label_value"]), None if color is None else tuple(color)[:3],
-                   data.get("terminology"))
+                   data.get("terminology"), bool(data.get("single_component", False)))
+
+
+def value_lut(label_values: Sequence[int]) -> np.ndarray:
+    """Lookup table class index -> label value (index 0 = background 0), in the smallest dtype that fits."""
+    return np.asarray([0, *label_values], dtype=np.uint16 if max(label_values) > 255 else np.uint8)
 
 
 @dataclass
@@ -375,13 +385,16 @@ class AutoModel:
         """Label map (k, j, i) of ``volume``: argmax of :meth:`volume_logits`, class k -> ``classes[k-1].label_value``.
 
         ``embedder`` is a ``VolumeEmbedder`` of ``volume`` (with a cache, already embedded slices cost nothing).
-        ``progress(done, total)`` is called after every batch of slices.
+        ``progress(done, total)`` is called after every batch of slices. Single-component classes keep their
+        largest 3D component.
         """
-        lut = np.asarray([0, *self.label_values], dtype=np.uint16 if max(self.label_values) > 255 else np.uint8)
+        from ..engine.postprocess import clean_label_map
+
+        lut = value_lut(self.label_values)
         labels = np.zeros(volume.shape, lut.dtype)
         for index, full in self._slice_logits(volume, embedder, progress, batch_size):
             labels[index] = lut[full.argmax(0).numpy()]
-        return labels
+        return clean_label_map(labels, self.classes)
 
     def volume_logits(self, volume: Any, embedder: Any, progress: ProgressCallback | None = None,
                       batch_size: int = 4) -> Tensor:

@@ -115,9 +115,12 @@ class VolumetricAutoModel:
                                      self.sw_batch_size, bf16, progress)
 
     def to_labels(self, logits: Tensor) -> np.ndarray:
-        """(K, D, H, W) logits -> (D, H, W) label map (argmax, class k -> ``classes[k-1].label_value``)."""
-        lut = np.asarray([0, *self.label_values], dtype=np.uint16 if max(self.label_values) > 255 else np.uint8)
-        return lut[logits.argmax(0).numpy()]
+        """(K, D, H, W) logits -> (D, H, W) label map (argmax, class k -> ``classes[k-1].label_value``;
+        single-component classes keep their largest component)."""
+        from ..engine.postprocess import clean_label_map
+        from .auto_heads import value_lut
+
+        return clean_label_map(value_lut(self.label_values)[logits.argmax(0).numpy()], self.classes)
 
     def predict_volume(self, volume: Any, progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map (k, j, i) of ``volume``; ``progress(done, total)`` per sliding window."""
@@ -217,13 +220,25 @@ def _checked_base(base: dict[str, Any] | None, model: nn.Module | None, weights:
     return model
 
 
-def classes_for(labels: dict[int, str]) -> list[AutoClass]:
-    """``AutoClass`` per {label value: name}, with colour and SNOMED CT terminology looked up by name."""
+def classes_for(labels: dict[int, str], single_component: Sequence[str | int] = ()) -> list[AutoClass]:
+    """``AutoClass`` per {label value: name}, with colour and SNOMED CT terminology looked up by name.
+
+    ``single_component``: names or values of the classes that are one connected object, or ``["all"]``.
+    """
     from ..engine.terminology import color_for, terminology_for
     from ..engine.volume import default_color
 
-    return [AutoClass(name, int(value), tuple(color_for(name) or default_color(value)), terminology_for(name))
-            for value, name in sorted(labels.items())]
+    wanted = {str(v).strip().lower() for v in single_component}
+    unknown = wanted - {"all"} - {n.lower() for n in labels.values()} - {str(v) for v in labels}
+    if unknown:
+        raise InputError(f"single-component classes {sorted(unknown)} are not among the classes "
+                         f"{[labels[v] for v in sorted(labels)]}")
+
+    def single(value: int, name: str) -> bool:
+        return bool({"all", name.lower(), str(value)} & wanted)
+
+    return [AutoClass(name, int(value), tuple(color_for(name) or default_color(value)), terminology_for(name),
+                      single(int(value), name)) for value, name in sorted(labels.items())]
 
 
 def patch_multiple(arch: str, options: dict[str, Any]) -> tuple[int, int, int]:

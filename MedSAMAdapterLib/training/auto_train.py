@@ -65,7 +65,9 @@ class AutoTrainConfig:
     ``head_options`` go to the head's constructor (e.g. ``{"channels": [64, 32, 16]}`` for the CNN head,
     ``{"depth": 2}`` for the ViT head).
     ``store_dtype`` float16 halves the saved file. ``init_from_base`` (ViT head): start from the base model's mask
-    decoder weights.
+    decoder weights. ``single_component``: class names / values (or ``all``) kept to their largest 3D component at
+    inference and validation. ``augment``: randomly transformed copies of each training case (``augment.py``),
+    embedded once like the originals.
     """
 
     head: str = "vit"
@@ -92,6 +94,8 @@ class AutoTrainConfig:
     embed_batch_size: int = 2
     init_from_base: bool = True
     store_dtype: str = "float32"
+    single_component: tuple[str, ...] = ()
+    augment: int = 0
 
     def __post_init__(self) -> None:
         from ..models.auto_heads import HEAD_TYPES
@@ -101,6 +105,9 @@ class AutoTrainConfig:
         for name in ("epochs", "batch_size", "val_every", "embed_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.augment) < 0:
+            raise InputError(f"augment must be >= 0, got {self.augment}")
+        self.single_component = tuple(str(v) for v in self.single_component)
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.embedding_dropout < 1:
@@ -283,16 +290,19 @@ class AutoTrainResult:
     stats: dict[str, Any]
 
 
-def _class_info(labels: dict[int, str]) -> list[Any]:
-    from ..models.volumetric import classes_for
+def clean_class_maps(preds: Sequence[np.ndarray], classes: Sequence[Any]) -> list[np.ndarray]:
+    """Class-index maps (class k = ``classes[k-1]``) with the single-component classes cleaned as at inference."""
+    from ..engine.postprocess import keep_largest_component
 
-    return classes_for(labels)
+    indices = [k for k, c in enumerate(classes, start=1) if c.single_component]
+    return [keep_largest_component(p, indices) if indices else p for p in preds]
 
 
 @torch.no_grad()
-def predict_cases(head: torch.nn.Module, planes: EmbeddedPlanes, batch_size: int = 8) -> list[np.ndarray]:
+def predict_cases(head: torch.nn.Module, planes: EmbeddedPlanes, batch_size: int = 8,
+                  classes: Sequence[Any] = ()) -> list[np.ndarray]:
     """Class maps (k, j, i) of every case of ``planes``, predicted as at inference (logits mapped to the slice,
-    argmax there)."""
+    argmax there, single-component ``classes`` cleaned)."""
     head.eval()
     ref = next(head.parameters())
     out = []
@@ -305,7 +315,7 @@ def predict_cases(head: torch.nn.Module, planes: EmbeddedPlanes, batch_size: int
             for m, i in enumerate(index.tolist()):
                 pred[i - start] = planes.transforms[i].logits_to_slice(logits[m: m + 1])[0].argmax(0).numpy()
         out.append(pred)
-    return out
+    return clean_class_maps(out, classes)
 
 
 def dice_per_class(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray], names: Sequence[str]
@@ -360,6 +370,14 @@ def train_auto(
     values = sorted(labels)
 
     # --- embeddings (once) -----------------------------------------------------------------------------
+    train_cases = list(train_cases)
+    if cfg.augment:
+        from .augment import augmented_copies
+
+        emit("setup", message=f"making {cfg.augment} augmented copies of each training case")
+        copies = augmented_copies(train_cases, cfg.augment, cfg.seed, cfg.intensity)
+        train_cases += copies
+        stats["augmented_cases"] = len(copies)
     directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "embeddings"
     cache = EmbeddingCache(directory, memory_bytes=256 * 2**20, use_disk=cfg.cache_on_disk)
     started = time.perf_counter()
@@ -392,7 +410,9 @@ def train_auto(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True, include_background=False, batch=True)
     generator = torch.Generator().manual_seed(cfg.seed)
-    classes = _class_info(labels)
+    from ..models.volumetric import classes_for
+
+    classes = classes_for(labels, cfg.single_component)
     model_path = run_dir / f"{MODEL_STEM}.safetensors"
     training_card = {"config": cfg.to_dict(), "data": data_description or {
         "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in (val_cases or [])]},
@@ -431,7 +451,7 @@ def train_auto(
                                  "seconds_per_plane": (time.perf_counter() - t0) / len(train)}
         if val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             t1 = time.perf_counter()
-            metrics = dice_per_class(predict_cases(head, val), val.class_maps, names)
+            metrics = dice_per_class(predict_cases(head, val, classes=classes), val.class_maps, names)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
             entry["val_seconds"] = time.perf_counter() - t1
             emit("validation", epoch=epoch, metrics=metrics)

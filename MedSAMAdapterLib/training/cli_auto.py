@@ -68,6 +68,12 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--vit-depth", type=int, help="two-way transformer layers of the ViT head (default: 2, as SAM)")
     t.add_argument("--no-base-init", action="store_true", help="ViT head: random init instead of the base decoder")
     t.add_argument("--embedding-dropout", type=float, default=0.0, help="channel dropout on the embeddings")
+    t.add_argument("--single-component", action="append", default=[], metavar="all|NAME|VALUE[,...]",
+                   help="classes that are one connected object: predictions keep only their largest 3D component "
+                        "(validation and inference; stored in the model card). Not for merged multi-part labels")
+    t.add_argument("--augment", type=int, default=0, metavar="N",
+                   help="2D heads: N randomly rotated / scaled / contrast-changed copies of each training case, "
+                        "embedded once and cached (default: 0)")
     t.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved head tensors (float16 halves the file)")
     t.add_argument("--model", default="litemedsam", help="base model from `medsam-adapter info` (default: %(default)s)")
@@ -110,7 +116,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         seed=args.seed, device=args.device, intensity=IntensityPolicy.parse(args.intensity).id,
         batch_size=args.batch_size or 4,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_on_disk=not args.no_cache,
-        init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype)
+        init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype,
+        single_component=tuple(comma_items(args.single_component) or ()), augment=args.augment)
 
 
 def run_train_auto(args: argparse.Namespace) -> int:

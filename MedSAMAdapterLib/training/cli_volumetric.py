@@ -60,6 +60,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def volumetric_config(args: argparse.Namespace, arch: str, network: dict[str, Any]) -> Any:
     from ..engine.preprocessing import IntensityPolicy
+    from .cli_finetune import comma_items
     from .volumetric_train import VolumetricTrainConfig
 
     patch = _triple(args.patch_size, "--patch-size") or (64, 128, 128)
@@ -69,7 +70,8 @@ def volumetric_config(args: argparse.Namespace, arch: str, network: dict[str, An
         batch_size=args.batch_size or 2, lr=args.lr, weight_decay=args.weight_decay,
         foreground_fraction=args.foreground_fraction, val_every=args.val_every, patience=args.patience or None,
         seed=args.seed, device=args.device, bf16=not args.no_bf16, gradient_checkpointing=args.gradient_checkpointing,
-        intensity=IntensityPolicy.parse(args.intensity).id, store_dtype=getattr(args, "store_dtype", "float32"))
+        intensity=IntensityPolicy.parse(args.intensity).id, store_dtype=getattr(args, "store_dtype", "float32"),
+        single_component=tuple(comma_items(getattr(args, "single_component", [])) or ()))
 
 
 def run_train_volumetric(args: argparse.Namespace) -> int:

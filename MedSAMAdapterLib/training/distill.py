@@ -82,7 +82,8 @@ def distill(teacher: Any, dataset: str | Path, output: str | Path, options: Dist
         raise InputError(f"the teacher's classes {labels} are not all labels of {dataset} ({split.labels})")
     base = dataclasses.asdict(config) if config is not None else {}
     base.update(arch=arch, network={"channels": list(options.channels)}, intensity=teacher.intensity,
-                patch_size=options.patch_size or default_patch(teacher, arch, options.channels), seed=options.seed)
+                patch_size=options.patch_size or default_patch(teacher, arch, options.channels), seed=options.seed,
+                single_component=tuple(c.name for c in teacher.classes if c.single_component))
     cfg = VolumetricTrainConfig(**base)
     output = Path(output)
     run_dir = Path(run_dir) if run_dir else output.with_name(output.name.split(".")[0] + "_run")

@@ -90,6 +90,7 @@ class VolumetricTrainConfig:
     store_dtype: str = "float32"
     temperature: float = 2.0
     distill_weight: float = 0.5
+    single_component: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from ..models.volumetric import ARCHS, check_patch
@@ -220,10 +221,11 @@ class VolumetricTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """3D Dice per class over the validation cases, predicted as at inference."""
-        from .auto_train import class_lut, dice_per_class, to_classes
+        from .auto_train import class_lut, clean_class_maps, dice_per_class, to_classes
 
         lut = class_lut(list(self.labels))
-        preds = [self.bundle.logits(c.volume, bf16=self.config.bf16).argmax(0).numpy() for c in self.val_cases]
+        preds = clean_class_maps([self.bundle.logits(c.volume, bf16=self.config.bf16).argmax(0).numpy()
+                                  for c in self.val_cases], self.bundle.classes)
         truths = [to_classes(c.labels, lut) for c in self.val_cases]
         return dice_per_class(preds, truths, list(self.labels.values()))
 
@@ -239,7 +241,8 @@ class VolumetricTrainer:
             torch.manual_seed(cfg.seed)
             network = build_network(cfg.arch, len(self.labels) + 1, cfg.network_options(), base)
         self.network = network.to(self.device)
-        self.bundle = VolumetricAutoModel(self.network, cfg.arch, classes_for(self.labels), cfg.patch_size,
+        self.bundle = VolumetricAutoModel(self.network, cfg.arch, classes_for(self.labels, cfg.single_component),
+                                          cfg.patch_size,
                                           cfg.intensity, cfg.network_options(), base_name, base_sha,
                                           overlap=cfg.overlap)
         self.stats["parameters"] = {"total": sum(p.numel() for p in network.parameters()),

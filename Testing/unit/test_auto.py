@@ -390,10 +390,12 @@ def test_cli_train_auto_and_auto(dataset, tmp_path, tiny, monkeypatch):
     args = parser.parse_args(["train-auto", str(dataset), "--head", "cnn", "--context", "--epochs", "2",
                               "--out", str(tmp_path / "run"), "--max-train-patients", "2", "--val-patients", "1",
                               "--cnn-channels", "16,8", "--cnn-convs", "1,0", "--device", "cpu",
-                              "--model", "tiny-test"])
+                              "--model", "tiny-test", "--augment", "1", "--single-component", "MYO"])
     assert args.handler(args) == 0
     card = json.loads((tmp_path / "run" / "auto_model.json").read_text())
     assert card["head"]["options"]["channels"] == [16, 8] and len(card["training"]["data"]["train_patients"]) == 2
+    assert card["training"]["config"]["augment"] == 1
+    assert [c["single_component"] for c in card["classes"]] == [False, True]
     image, _ = synthetic_case(9)
     sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "img.nii.gz"))
     args = parser.parse_args(["auto", str(tmp_path / "img.nii.gz"), "--model", str(tmp_path / "run" / "auto_model"),

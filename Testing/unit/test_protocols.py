@@ -235,3 +235,36 @@ def test_helpers():
     picked = [(rank, r["case"]) for rank, r in pick_examples(records, "box")]
     assert picked == [("best", "b"), ("median", "a"), ("worst", "d")]
     assert [r["case"] for _, r in pick_examples(records[:1], "box")] == ["a"]
+
+
+# --- automatic models scored on another dataset's label numbers --------------------------------------------------
+def test_auto_classes_match_by_structure_name_then_by_value():
+    from MedSAMAdapterLib.evaluation.protocols import class_key, match_classes
+
+    model = {class_key(n): v for n, v in {"liver": 5, "spleen": 1, "RV": 3}.items()}
+    ct_slices = {"aorta": 1, "liver": 16, "spleen": 23}
+    assert match_classes(model, ct_slices) == ({"liver": 16, "spleen": 23}, {5: 16, 1: 23}, "name")
+    acdc_alias = {"heart_ventricle_right": 12}  # the terminology knows both names as the right ventricle
+    assert match_classes(model, acdc_alias)[1] == {3: 12}
+    unnamed = {"label_1": 1, "label_9": 9}
+    assert match_classes(model, unnamed) == ({"label_1": 1}, {1: 1}, "value")
+
+
+def test_auto_run_is_scored_in_the_dataset_label_values():
+    from types import SimpleNamespace
+
+    from MedSAMAdapterLib.evaluation.protocols import AutoRun, _run_auto
+
+    gt = np.zeros((1, 8, 8), np.uint8)
+    gt[0, :4, :4] = 16  # liver in the dataset's numbering
+    predicted = np.zeros_like(gt)
+    predicted[0, :4, :4] = 5  # liver in the model's numbering
+    predicted[0, 6:, 6:] = 14  # a model class the dataset does not have: not scored, not counted as liver
+    segmenter = SimpleNamespace(classes=[SimpleNamespace(name="liver", label_value=5),
+                                         SimpleNamespace(name="urinary_bladder", label_value=14)],
+                                predict=lambda volume: predicted)
+    outcome = _run_auto(AutoRun(None, segmenter), gt, {"liver": 16, "aorta": 1}, (1.0, 1.0, 1.0), 2.0)
+    record = outcome["record"]
+    assert record["scored_labels"] == ["liver"] and record["classes_matched_by"] == "name"
+    assert record["metrics"]["auto"]["liver"]["dice"] == pytest.approx(1.0)
+    assert set(np.unique(outcome["prediction"])) == {0, 16}
