@@ -338,7 +338,8 @@ def test_every_shipped_model_class_has_terminology():
             assert terminology_for(c["name"]) is not None, (card_path.name, c["name"])
             assert c["terminology"] is not None
         assert auto_model_paths(card_path)[0].is_file()
-        assert auto_model_paths(card_path)[0].stat().st_size < 10 * 2**20  # a float16 ViT head is 7.5 MiB
+        # float16 ViT heads: 7.5 MiB with 3 classes, 10.7 MiB with 15 (one hypernetwork MLP per class)
+        assert auto_model_paths(card_path)[0].stat().st_size < 12 * 2**20
 
 
 def test_shipped_models_load():
