@@ -38,7 +38,7 @@ def keep_largest_component(labels: np.ndarray, values: Iterable[int]) -> np.ndar
 
 def single_component_values(classes: Iterable[object]) -> list[int]:
     """Label values of the classes (``AutoClass``-like) marked ``single_component``."""
-    return [int(c.label_value) for c in classes if getattr(c, "single_component", False)]
+    return [int(c.label_value) for c in classes if c.single_component]
 
 
 def clean_label_map(labels: np.ndarray, classes: Iterable[object]) -> np.ndarray:

@@ -171,10 +171,6 @@ class AutoRun:
         self.volume, self.segmenter = volume, segmenter
 
     @property
-    def label_values(self) -> list[int]:
-        return [int(c.label_value) for c in self.segmenter.classes]
-
-    @property
     def values_by_class_key(self) -> dict[str, int]:
         """{class key (``class_key``): label value} of the model's classes."""
         return {class_key(c.name): int(c.label_value) for c in self.segmenter.classes}

@@ -321,8 +321,34 @@ def value_lut(label_values: Sequence[int]) -> np.ndarray:
     return np.asarray([0, *label_values], dtype=np.uint16 if max(label_values) > 255 else np.uint8)
 
 
+class ClassOutputs:
+    """What every automatic-model bundle (2D head, volumetric) does with its ``classes``: the foreground classes in
+    output order (output k+1 is ``classes[k]``)."""
+
+    classes: list[AutoClass]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def label_values(self) -> list[int]:
+        return [c.label_value for c in self.classes]
+
+    def check_label_values(self) -> None:
+        values = self.label_values
+        if not values or len(set(values)) != len(values) or min(values) < 1:
+            raise InputError(f"label values must be distinct and >= 1, got {values}")
+
+    def label_map(self, class_indices: np.ndarray) -> np.ndarray:
+        """Class-index map -> label map with the classes' label values, single-component classes cleaned."""
+        from ..engine.postprocess import clean_label_map
+
+        return clean_label_map(value_lut(self.label_values)[class_indices], self.classes)
+
+
 @dataclass
-class AutoModel:
+class AutoModel(ClassOutputs):
     """A trained head + everything needed to apply it (see the module docstring).
 
     ``classes`` are the foreground classes in head order (head output k+1 is ``classes[k]``).
@@ -342,9 +368,7 @@ class AutoModel:
         if len(self.classes) + 1 != self.head.num_classes:
             raise InputError(f"head has {self.head.num_classes} outputs but {len(self.classes)} classes + "
                              f"background were given")
-        values = [c.label_value for c in self.classes]
-        if len(set(values)) != len(values) or min(values) < 1:
-            raise InputError(f"label values must be distinct and >= 1, got {values}")
+        self.check_label_values()
 
     @property
     def head_type(self) -> str:
@@ -353,14 +377,6 @@ class AutoModel:
     @property
     def context(self) -> bool:
         return self.head.context
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    @property
-    def label_values(self) -> list[int]:
-        return [c.label_value for c in self.classes]
 
     def check_embedder(self, embedder: Any) -> None:
         """The embedder must produce the embeddings the head was trained on (same encoder, same intensity)."""
@@ -388,13 +404,10 @@ class AutoModel:
         ``progress(done, total)`` is called after every batch of slices. Single-component classes keep their
         largest 3D component.
         """
-        from ..engine.postprocess import clean_label_map
-
-        lut = value_lut(self.label_values)
-        labels = np.zeros(volume.shape, lut.dtype)
+        classes = np.zeros(volume.shape, np.min_scalar_type(self.head.num_classes - 1))
         for index, full in self._slice_logits(volume, embedder, progress, batch_size):
-            labels[index] = lut[full.argmax(0).numpy()]
-        return clean_label_map(labels, self.classes)
+            classes[index] = full.argmax(0).numpy()
+        return self.label_map(classes)
 
     def volume_logits(self, volume: Any, embedder: Any, progress: ProgressCallback | None = None,
                       batch_size: int = 4) -> Tensor:

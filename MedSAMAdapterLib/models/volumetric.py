@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from .auto_heads import AutoClass, auto_model_paths, read_model_card, write_model_files
+from .auto_heads import AutoClass, ClassOutputs, auto_model_paths, read_model_card, write_model_files
 
 CARD_FORMAT = "medsam-adapter/auto-volumetric"
 CARD_VERSION = 1
@@ -59,7 +59,7 @@ def load_saved_tensors(network: nn.Module, tensors: dict[str, Tensor]) -> None:
 
 
 @dataclass
-class VolumetricAutoModel:
+class VolumetricAutoModel(ClassOutputs):
     """A trained volumetric network + what is needed to apply it (see the module docstring).
 
     ``classes`` in network order (output k+1 is ``classes[k]``); ``options`` rebuild the network
@@ -83,21 +83,11 @@ class VolumetricAutoModel:
         if self.arch not in ARCHS:
             raise InputError(f"unknown volumetric architecture {self.arch!r}; known: {', '.join(ARCHS)}")
         self.patch_size = tuple(int(v) for v in self.patch_size)  # type: ignore[assignment]
-        values = [c.label_value for c in self.classes]
-        if not values or len(set(values)) != len(values) or min(values) < 1:
-            raise InputError(f"label values must be distinct and >= 1, got {values}")
+        self.check_label_values()
 
     @property
     def num_classes(self) -> int:
         return len(self.classes) + 1
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.classes]
-
-    @property
-    def label_values(self) -> list[int]:
-        return [c.label_value for c in self.classes]
 
     def input_array(self, volume: Any) -> np.ndarray:
         """(D, H, W) float32 in [0, 1]: the intensity policy's display range / 255, whole volume at once."""
@@ -117,10 +107,7 @@ class VolumetricAutoModel:
     def to_labels(self, logits: Tensor) -> np.ndarray:
         """(K, D, H, W) logits -> (D, H, W) label map (argmax, class k -> ``classes[k-1].label_value``;
         single-component classes keep their largest component)."""
-        from ..engine.postprocess import clean_label_map
-        from .auto_heads import value_lut
-
-        return clean_label_map(value_lut(self.label_values)[logits.argmax(0).numpy()], self.classes)
+        return self.label_map(logits.argmax(0).numpy())
 
     def predict_volume(self, volume: Any, progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map (k, j, i) of ``volume``; ``progress(done, total)`` per sliding window."""

@@ -370,23 +370,23 @@ def train_auto(
     values = sorted(labels)
 
     # --- embeddings (once) -----------------------------------------------------------------------------
-    train_cases = list(train_cases)
+    embedded_cases = list(train_cases)  # the given cases (they go to the card) + their augmented copies
     if cfg.augment:
         from .augment import augmented_copies
 
         emit("setup", message=f"making {cfg.augment} augmented copies of each training case")
         copies = augmented_copies(train_cases, cfg.augment, cfg.seed, cfg.intensity)
-        train_cases += copies
+        embedded_cases += copies
         stats["augmented_cases"] = len(copies)
     directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "embeddings"
     cache = EmbeddingCache(directory, memory_bytes=256 * 2**20, use_disk=cfg.cache_on_disk)
     started = time.perf_counter()
-    total = sum(c.slice_count for c in train_cases) + sum(c.slice_count for c in (val_cases or []))
+    total = sum(c.slice_count for c in embedded_cases) + sum(c.slice_count for c in (val_cases or []))
 
     def report(offset: int) -> Callable[[int, int], None]:
         return lambda done, _t: emit("embed", done=offset + done, total=total, message="embedding planes (once)")
 
-    train, computed = embed_planes(train_cases, values, model, cache, cfg.intensity, cfg.embed_batch_size,
+    train, computed = embed_planes(embedded_cases, values, model, cache, cfg.intensity, cfg.embed_batch_size,
                                    report(0))
     val, computed_val = (embed_planes(val_cases, values, model, cache, cfg.intensity,
                                       cfg.embed_batch_size, report(len(train))) if val_cases else (None, 0))
