@@ -79,7 +79,7 @@ class AutoSegmenter:
         if is_volumetric(path):
             self.volumetric = load_volumetric_model(path, device, base_model=base_model, weights=weights)
             self.kind, self.classes = self.volumetric.arch, self.volumetric.classes
-            self.intensity = self.volumetric.intensity
+            self.intensity, self.orientation = self.volumetric.intensity, self.volumetric.orientation
             return
         self._open_head(base_model, weights, cache)
 
@@ -101,6 +101,7 @@ class AutoSegmenter:
         self.base_model = base_model
         self.cache = cache if cache is not None else EmbeddingCache()
         self.kind, self.classes, self.intensity = f"autosam-{self.head.head_type}", self.head.classes, self.head.intensity
+        self.orientation = self.head.orientation
 
     def describe(self) -> dict[str, Any]:
         """What a distilled student's card records about its teacher."""
@@ -126,16 +127,26 @@ class AutoSegmenter:
         return embedder, (lambda d, _t: progress(count + d, 2 * count)) if progress else None
 
     def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
-        """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU)."""
+        """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid."""
+        work, mapping = volume.reoriented(self.orientation)
         if self.volumetric is not None:
-            return self.volumetric.logits(volume, progress)
-        return self.head.volume_logits(volume, *self._embedded(volume, progress))
+            out = self.volumetric.logits(work, progress)
+        else:
+            out = self.head.volume_logits(work, *self._embedded(work, progress))
+        return out if mapping is None else mapping.undo(out).contiguous()
 
     def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
-        """Label map (k, j, i) with the classes' label values."""
+        """Label map (k, j, i) with the classes' label values, on the volume's own grid.
+
+        The model sees the volume in the orientation it was trained on (its card's ``orientation``: an exact
+        axis permutation / flip, no resampling), so a CT stored as RAS or LPS, or transposed, gets the same result.
+        """
+        work, mapping = volume.reoriented(self.orientation)
         if self.volumetric is not None:
-            return self.volumetric.predict_volume(volume, progress)
-        return self.head.predict_volume(volume, *self._embedded(volume, progress))
+            labels = self.volumetric.predict_volume(work, progress)
+        else:
+            labels = self.head.predict_volume(work, *self._embedded(work, progress))
+        return labels if mapping is None else np.ascontiguousarray(mapping.undo(labels))
 
     def segment(self, volume: Volume, progress: ProgressCallback | None = None
                 ) -> tuple[np.ndarray, list[AutoSegment]]:

@@ -270,3 +270,100 @@ def round_to_voxel(ijk: Any, shape: Sequence[int]) -> np.ndarray:
             f"(voxel extent {extent}); place prompts inside the image"
         )
     return _restore(idx, single)
+
+
+# ---- orientation (exact axis permutations / flips, no resampling) ---------------------------------------------
+# Letter of each signed LPS axis: the patient direction an index axis points towards (SimpleITK's
+# DICOMOrientImageFilter convention: an identity direction is "LPS", Slicer's RAS-stored NIfTI usually "RAS").
+_ORIENTATION_LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
+_LETTER_AXES = {letter: axis_sign for axis_sign, letter in _ORIENTATION_LETTERS.items()}
+
+
+def orientation_code(geometry: Geometry) -> str:
+    """Three letters: the patient direction (L/R, P/A, S/I) closest to each of the i, j, k index axes.
+
+    Oblique grids get the assignment of index axes to patient axes with the largest summed |cosine| (each patient
+    axis used once), so every grid has a valid code.
+    """
+    from itertools import permutations
+
+    direction = np.asarray(geometry.direction)  # columns = i, j, k directions in LPS
+    best = max(permutations(range(3)), key=lambda p: sum(abs(direction[p[c], c]) for c in range(3)))
+    return "".join(_ORIENTATION_LETTERS[(best[c], 1 if direction[best[c], c] >= 0 else -1)] for c in range(3))
+
+
+def check_orientation_code(code: str) -> str:
+    """Upper-case ``code``; InputError unless it names each patient axis (L/R, P/A, S/I) exactly once."""
+    text = str(code).upper()
+    axes = sorted(_LETTER_AXES[c][0] for c in text if c in _LETTER_AXES)
+    if len(text) != 3 or axes != [0, 1, 2]:
+        raise InputError(f"orientation code must be 3 letters naming L/R, P/A and S/I once each (e.g. LPS, RAS), "
+                         f"got {code!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """Maps a (k, j, i) grid onto the grid whose index axes point along another orientation code, exactly.
+
+    ``source_axes[a]``: the numpy axis of the source array that becomes numpy axis ``a``; ``flips[a]``: whether it
+    is reversed. :meth:`apply` works on arrays (numpy or torch) whose last three axes are (k, j, i);
+    :meth:`undo` maps results on the new grid back onto the source grid.
+    """
+
+    source_axes: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    geometry: Geometry  # of the reoriented grid (same physical voxels)
+
+    @classmethod
+    def to_code(cls, geometry: Geometry, shape: Sequence[int], code: str) -> "Reorientation":
+        """The reorientation of a grid (``geometry``, array ``shape`` (k, j, i)) to orientation ``code``."""
+        target = check_orientation_code(code)
+        current = orientation_code(geometry)
+        source_axes, flips = [], []
+        for letter in target[::-1]:  # numpy axis order: k, j, i
+            axis, sign = _LETTER_AXES[letter]
+            component = next(c for c in range(3) if _LETTER_AXES[current[c]][0] == axis)
+            source_axes.append(2 - component)
+            flips.append(_LETTER_AXES[current[component]][1] != sign)
+        first_voxel = np.zeros(3)  # (i, j, k) of the source voxel that becomes voxel 0 of the new grid
+        for source, flipped in zip(source_axes, flips):
+            if flipped:
+                first_voxel[2 - source] = shape[source] - 1
+        # New index component n (i, j, k) is numpy axis 2 - n: its direction is the source component's, maybe negated.
+        columns = [2 - source_axes[2 - n] for n in range(3)]
+        signs = np.array([-1.0 if flips[2 - n] else 1.0 for n in range(3)])
+        new_geometry = Geometry(spacing=tuple(np.asarray(geometry.spacing)[columns]),
+                                origin=tuple(geometry.ijk_to_lps(first_voxel)),
+                                direction=np.asarray(geometry.direction)[:, columns] * signs)
+        return cls(tuple(source_axes), tuple(flips), new_geometry)  # type: ignore[arg-type]
+
+    @property
+    def is_identity(self) -> bool:
+        return self.source_axes == (0, 1, 2) and not any(self.flips)
+
+    def apply(self, array: Any) -> Any:
+        """``array`` (..., k, j, i) on the source grid -> the same values on the reoriented grid."""
+        lead = array.ndim - 3
+        order = list(range(lead)) + [lead + a for a in self.source_axes]
+        flipped = [lead + a for a, f in enumerate(self.flips) if f]
+        return _flip(_permute(array, order), flipped)
+
+    def undo(self, array: Any) -> Any:
+        """``array`` (..., k, j, i) on the reoriented grid -> the same values on the source grid."""
+        lead = array.ndim - 3
+        unflipped = _flip(array, [lead + a for a, f in enumerate(self.flips) if f])
+        inverse = [self.source_axes.index(a) for a in range(3)]
+        return _permute(unflipped, list(range(lead)) + [lead + a for a in inverse])
+
+
+def _permute(array: Any, order: list[int]) -> Any:
+    if order == sorted(order):
+        return array
+    return array.permute(*order) if hasattr(array, "permute") else np.transpose(array, order)
+
+
+def _flip(array: Any, axes: list[int]) -> Any:
+    if not axes:
+        return array
+    return array.flip(axes) if hasattr(array, "permute") else np.flip(array, axes)

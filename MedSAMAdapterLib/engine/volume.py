@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from .atomic import atomic_path
-from .geometry import Geometry, slice_plane
+from .geometry import Geometry, Reorientation, slice_plane
 from .preprocessing import resize_bilinear
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -97,6 +97,20 @@ class Volume:
                 f"value) before segmenting"
             )
         return self
+
+    def reoriented(self, code: str | None) -> tuple["Volume", Reorientation | None]:
+        """(this volume on the grid of orientation ``code``, the map back), by exact axis permutation / flip.
+
+        Unchanged (map None) when ``code`` is None, the volume is already so, or it is a 2D image (a picture's
+        rows and columns are used as stored: its geometry says nothing about the patient).
+        """
+        if code is None or self.is_2d or self.is_rgb:
+            return self, None
+        mapping = Reorientation.to_code(self.geometry, self.shape, code)
+        if mapping.is_identity:
+            return self, None
+        array = np.ascontiguousarray(mapping.apply(self.array))
+        return Volume(array, mapping.geometry, self.source, self.is_rgb), mapping
 
     def check_segmentable(self) -> None:
         """A constant image carries no edges to segment; say so rather than return an arbitrary mask."""

@@ -321,9 +321,21 @@ def value_lut(label_values: Sequence[int]) -> np.ndarray:
     return np.asarray([0, *label_values], dtype=np.uint16 if max(label_values) > 255 else np.uint8)
 
 
+def card_orientation(card: dict[str, Any]) -> str | None:
+    """The orientation code a model card says its model was trained on (None: older cards, 2D data)."""
+    from ..engine.geometry import check_orientation_code
+
+    code = card.get("orientation")
+    try:
+        return None if code is None else check_orientation_code(code)
+    except InputError as exc:
+        raise WeightsError(f"model card orientation: {exc}") from exc
+
+
 class ClassOutputs:
     """What every automatic-model bundle (2D head, volumetric) does with its ``classes``: the foreground classes in
-    output order (output k+1 is ``classes[k]``)."""
+    output order (output k+1 is ``classes[k]``). ``orientation`` (on each bundle): the orientation code of the
+    grids it was trained on; inference brings volumes onto it (``AutoSegmenter``)."""
 
     classes: list[AutoClass]
 
@@ -363,6 +375,7 @@ class AutoModel(ClassOutputs):
     embedding_fingerprint: str | None = None
     intensity: str = "auto"
     card: dict[str, Any] = field(default_factory=dict)
+    orientation: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.classes) + 1 != self.head.num_classes:
@@ -528,7 +541,7 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
                  "embedding_size": head.embedding_size, "context": head.context, "options": head.options(),
                  "parameters": parameter_count(head), "output": f"softmax over {head.num_classes} classes "
                  f"(0 = background) at {head.out_size}x{head.out_size} (4x the embedding grid)"},
-        "intensity": model.intensity, "slice_axis": 0,
+        "intensity": model.intensity, "orientation": model.orientation, "slice_axis": 0,
         "classes": [c.to_dict() for c in model.classes],
         "training": training or {}, "metrics": metrics or {},
     }
@@ -570,5 +583,6 @@ def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu")
                            f"{str(exc).splitlines()[0]}") from exc
     head.requires_grad_(False)
     model = AutoModel(head.to(device).eval(), str(base["name"]), str(base["sha256"]), classes,
-                      base.get("embedding_fingerprint"), str(card.get("intensity", "auto")), card)
+                      base.get("embedding_fingerprint"), str(card.get("intensity", "auto")), card,
+                      card_orientation(card))
     return model

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from .auto_heads import AutoClass, ClassOutputs, auto_model_paths, read_model_card, write_model_files
+from .auto_heads import AutoClass, ClassOutputs, auto_model_paths, card_orientation, read_model_card, write_model_files
 
 CARD_FORMAT = "medsam-adapter/auto-volumetric"
 CARD_VERSION = 1
@@ -78,6 +78,7 @@ class VolumetricAutoModel(ClassOutputs):
     card: dict[str, Any] = field(default_factory=dict)
     overlap: float = 0.25
     sw_batch_size: int = 1
+    orientation: str | None = None
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -131,7 +132,7 @@ def save_volumetric_model(path: str | os.PathLike, model: VolumetricAutoModel, t
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": "automatic (prompt-free) volumetric segmentation",
         "arch": model.arch, "options": model.options, "patch_size": list(model.patch_size),
-        "num_classes": model.num_classes, "intensity": model.intensity,
+        "num_classes": model.num_classes, "intensity": model.intensity, "orientation": model.orientation,
         "inference": {"sliding_window": "gaussian", "overlap": model.overlap},
         "base_model": None if model.base_model is None else {"name": model.base_model, "sha256": model.base_sha256},
         "parameters": {"total": sum(p.numel() for p in net.parameters()),
@@ -188,7 +189,8 @@ def load_volumetric_model(path: str | os.PathLike, device: str | torch.device = 
     return VolumetricAutoModel(network.to(device).eval(), card["arch"], classes, tuple(card["patch_size"]),
                                str(card.get("intensity", "auto")), dict(card.get("options") or {}),
                                base["name"] if base else None, base["sha256"] if base else None, card,
-                               float(card.get("inference", {}).get("overlap", 0.25)))
+                               float(card.get("inference", {}).get("overlap", 0.25)),
+                               orientation=card_orientation(card))
 
 
 def _checked_base(base: dict[str, Any] | None, model: nn.Module | None, weights: Any) -> nn.Module:

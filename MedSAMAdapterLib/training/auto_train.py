@@ -47,7 +47,7 @@ from torch import Tensor
 from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
-from .datasets import SLICE_AXIS, TrainingCase
+from .datasets import SLICE_AXIS, TrainingCase, common_orientation
 from .common import TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups, resolve_device
 
 MODEL_STEM = "auto_model"
@@ -369,6 +369,12 @@ def train_auto(
     names = [labels[v] for v in sorted(labels)]
     values = sorted(labels)
 
+    # --- one orientation for every case (recorded in the card; inference brings volumes onto it) --------------
+    orientation = common_orientation(train_cases)
+    train_cases = [c.reoriented(orientation) for c in train_cases]
+    val_cases = [c.reoriented(orientation) for c in val_cases or []]
+    stats["orientation"] = orientation
+
     # --- embeddings (once) -----------------------------------------------------------------------------
     embedded_cases = list(train_cases)  # the given cases (they go to the card) + their augmented copies
     if cfg.augment:
@@ -419,7 +425,7 @@ def train_auto(
         "planes": {"train": len(train), "val": stats["val_planes"]}}
 
     def bundle() -> AutoModel:
-        return AutoModel(head, base_name, base_sha, classes, fingerprint, cfg.intensity)
+        return AutoModel(head, base_name, base_sha, classes, fingerprint, cfg.intensity, orientation=orientation)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None

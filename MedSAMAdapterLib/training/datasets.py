@@ -74,6 +74,30 @@ class TrainingCase:
         return [v for v in self.label_values if self.presence[v][index]]
 
 
+    def reoriented(self, code: str | None) -> "TrainingCase":
+        """This case on the grid of orientation ``code`` (``Volume.reoriented``; itself when nothing changes)."""
+        volume, mapping = self.volume.reoriented(code)
+        if mapping is None:
+            return self
+        labels = np.ascontiguousarray(mapping.apply(self.labels))
+        presence = {v: np.asarray((labels == v).any(axis=(1, 2))) for v in self.label_values}
+        return TrainingCase(self.case_id, volume, np.ascontiguousarray(mapping.apply(self.display)), labels,
+                            self.label_values, self.dataset, dict(self.label_names), presence)
+
+
+def common_orientation(cases: Sequence[TrainingCase]) -> str | None:
+    """The orientation code most of the 3D ``cases`` are stored in (first seen wins a tie); None for 2D data.
+
+    Automatic models train on, and record, one orientation; inference brings every volume onto it.
+    """
+    from collections import Counter
+
+    from ..engine.geometry import orientation_code
+
+    codes = Counter(orientation_code(c.volume.geometry) for c in cases if not c.volume.is_2d)
+    return codes.most_common(1)[0][0] if codes else None
+
+
 @dataclass(eq=False)
 class SliceSample:
     """One training / validation item: a display plane, its label plane and one binary target.

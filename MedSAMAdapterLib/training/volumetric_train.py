@@ -46,7 +46,7 @@ from ..engine.sliding import autocast_for
 from ..errors import InputError
 from .common import (ProgressCallback, TrainEvent, finite_or_none, load_state, lr_lambda, param_groups,
                      resolve_device, restore_rng, rng_state, save_state)
-from .datasets import TrainingCase
+from .datasets import TrainingCase, common_orientation
 
 MODEL_STEM = "auto_model"
 STATE_FILE = "last.pt"
@@ -159,7 +159,10 @@ class VolumetricTrainer:
         if not labels:
             raise InputError("no classes to train: give at least one label")
         self.config = config
-        self.train_cases, self.val_cases = list(train_cases), list(val_cases or [])
+        # One orientation for every case (a distilled student takes its teacher's); recorded in the card.
+        self.orientation = getattr(teacher, "orientation", None) or common_orientation(train_cases)
+        self.train_cases = [c.reoriented(self.orientation) for c in train_cases]
+        self.val_cases = [c.reoriented(self.orientation) for c in val_cases or []]
         self.run_dir = Path(run_dir)
         self.labels = dict(sorted(labels.items()))
         self.base_model = base_model
@@ -244,7 +247,7 @@ class VolumetricTrainer:
         self.bundle = VolumetricAutoModel(self.network, cfg.arch, classes_for(self.labels, cfg.single_component),
                                           cfg.patch_size,
                                           cfg.intensity, cfg.network_options(), base_name, base_sha,
-                                          overlap=cfg.overlap)
+                                          overlap=cfg.overlap, orientation=self.orientation)
         self.stats["parameters"] = {"total": sum(p.numel() for p in network.parameters()),
                                     "trainable": sum(p.numel() for p in network.parameters() if p.requires_grad)}
         self.sampler = self._sampler()

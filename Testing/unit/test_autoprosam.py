@@ -183,6 +183,7 @@ def test_resume_continues_exactly(tmp_path, split, tiny):
 def test_checkpoint_round_trip_and_auto(trained, tiny, tmp_path):
     trainer, _ = trained
     loaded = load_volumetric_model(trainer.model_path, base_model=tiny)
+    assert loaded.orientation == trainer.orientation == "LPS"  # the toy volumes have an identity direction
     image, _ = synthetic_case(9, SHAPE)
     volume = make_volume(image)
     expected = trainer.bundle.logits(volume)
