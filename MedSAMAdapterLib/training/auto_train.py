@@ -1,6 +1,6 @@
 """Train an automatic (prompt-free) segmentation head on cached embeddings of a frozen encoder (AutoSAM).
 
-    split = build_auto_split("Dataset001_ACDC", max_train_patients=3, val_patients=10)
+    split = build_auto_split("Dataset001_ACDC", split=SplitOptions(max_train_patients=3, val_patients=10))
     result = train_auto(AutoTrainConfig(head="vit"), split.train, split.val, "runs/acdc_vit",
                         labels=split.labels, data_description=split.description)
     result.model_path      # runs/acdc_vit/auto_model.safetensors (+ .json model card)
@@ -47,7 +47,7 @@ from torch import Tensor
 from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
-from .datasets import SLICE_AXIS, TrainingCase, common_orientation
+from .datasets import SLICE_AXIS, SplitOptions, TrainingCase, choose_split, common_orientation
 from .common import TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups, resolve_device
 
 MODEL_STEM = "auto_model"
@@ -139,30 +139,19 @@ class AutoSplit:
 def build_auto_split(
     root: str | Path,
     labels: Sequence[str | int] | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    train_cases: Sequence[str] | None = None,
-    val_cases: Sequence[str] | None = None,
-    max_train_patients: int | None = None,
-    val_patients: int | None = None,
+    split: SplitOptions = SplitOptions(),
     intensity: str = "auto",
 ) -> AutoSplit:
-    """Cases of one nnU-Net raw folder, split by patient (``split_cases``), read into memory.
-
-    ``val_cases`` / ``train_cases``: explicit case or patient ids (override the split). ``val_patients``: this
-    many patients held out (instead of ``val_fraction``). ``max_train_patients``: keep the first N training
-    patients of a seeded permutation (few-shot runs; both frames of a patient stay together).
-    """
+    """Cases of one nnU-Net raw folder, split by patient (``choose_split`` with ``split``), read into memory."""
     from ..data.nnunet import default_group, open_dataset
-    from .datasets import choose_split, load_nnunet_cases, resolve_labels
+    from .datasets import load_nnunet_cases, resolve_labels
 
     dataset = open_dataset(root)
     chosen = resolve_labels(dataset, labels)
     if not chosen:
         raise InputError(f"none of the labels {list(labels or [])} exists in {dataset.name} "
                          f"(labels: {dataset.labels})")
-    train, val = choose_split(list(dataset.cases), val_fraction, seed, train_cases, val_cases,
-                              max_train_patients, val_patients)
+    train, val = choose_split(list(dataset.cases), split)
     if not train:
         raise InputError(f"no training cases left in {dataset.name}")
     description = {
@@ -171,7 +160,7 @@ def build_auto_split(
         "train_cases": train, "val_cases": val,
         "train_patients": sorted({default_group(c) for c in train}),
         "val_patients": sorted({default_group(c) for c in val}),
-        "split_seed": seed, "licence": dataset.metadata.get("licence"), "intensity": intensity,
+        **split.describe(), "licence": dataset.metadata.get("licence"), "intensity": intensity,
         "slice_axis": SLICE_AXIS,
     }
     return AutoSplit(load_nnunet_cases(dataset, train, chosen, intensity),

@@ -120,25 +120,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
         single_component=tuple(comma_items(args.single_component) or ()), augment=args.augment)
 
 
+def print_split(split: Any) -> None:
+    """The patients on each side of an automatic-model split (stderr, before the long work starts)."""
+    print(f"training patients: {', '.join(split.description['train_patients'])}", file=sys.stderr)
+    print(f"validation patients: {', '.join(split.description['val_patients']) or '(none)'}", file=sys.stderr)
+
+
 def run_train_auto(args: argparse.Namespace) -> int:
     import torch
 
     from .auto_train import build_auto_split, train_auto
+    from .datasets import SplitOptions
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.arch == "autoprosam":
         from .cli_volumetric import run_train_volumetric
 
         return run_train_volumetric(args)
     config = config_from_args(args)
-    split = build_auto_split(args.dataset, comma_items(args.labels), args.val_fraction, args.seed,
-                             comma_items(args.train_cases), comma_items(args.val_cases), args.max_train_patients,
-                             args.val_patients, config.intensity)
-    print(f"training patients: {', '.join(split.description['train_patients'])}", file=sys.stderr)
-    print(f"validation patients: {', '.join(split.description['val_patients']) or '(none)'}", file=sys.stderr)
+    split = build_auto_split(args.dataset, comma_items(args.labels), SplitOptions.from_args(args), config.intensity)
+    print_split(split)
     started = time.perf_counter()
     with AutoRichProgress() as display:
         result = train_auto(config, split.train, split.val, args.out, split.labels, progress=display,

@@ -113,7 +113,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Build the data split and the trainer from ``args`` and train with a rich progress display."""
     import torch
 
-    from .datasets import build_nnunet_split
+    from .datasets import SplitOptions, build_nnunet_split
     from .trainer import STATE_FILE, Trainer
 
     if args.resume and args.overwrite:
@@ -122,15 +122,11 @@ def run_finetune(args: argparse.Namespace) -> int:
     if state.exists() and not (args.resume or args.overwrite):
         raise InputError(f"{args.out} already holds a training run ({STATE_FILE}); use --resume to continue it "
                          f"or --overwrite to start over")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.threads:
         torch.set_num_threads(int(args.threads))
     config = config_from_args(args)
-    split = build_nnunet_split(args.datasets, args.val_fraction, args.seed, args.max_cases,
-                               comma_items(args.labels), config.intensity,
-                               train_cases=comma_items(args.train_cases), val_cases=comma_items(args.val_cases),
-                               max_train_patients=args.max_train_patients, val_patients=args.val_patients)
+    split = build_nnunet_split(args.datasets, SplitOptions.from_args(args), args.max_cases,
+                               comma_items(args.labels), config.intensity)
     trainer = Trainer(config, split.train, split.val, args.out, data_description=split.description)
     display = RichProgress()
     with display:

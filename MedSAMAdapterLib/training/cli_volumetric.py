@@ -10,7 +10,6 @@ Wiring (in ``cli_auto.add_auto_parsers`` / ``MedSAMAdapterLib/cli.py``)::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,16 +76,15 @@ def volumetric_config(args: argparse.Namespace, arch: str, network: dict[str, An
 def run_train_volumetric(args: argparse.Namespace) -> int:
     """``train-auto --arch autoprosam``: split like the 2D heads, train with ``VolumetricTrainer``."""
     from .auto_train import build_auto_split
-    from .cli_auto import AutoRichProgress
+    from .cli_auto import AutoRichProgress, print_split
     from .cli_finetune import comma_items
+    from .datasets import SplitOptions
     from .volumetric_train import VolumetricTrainer
 
     _check_run_dir(args.out, args.resume, args.overwrite)
     config = volumetric_config(args, "autoprosam", {"depth_window": args.depth_window})
-    split = build_auto_split(args.dataset, comma_items(args.labels), args.val_fraction, args.seed,
-                             comma_items(args.train_cases), comma_items(args.val_cases), args.max_train_patients,
-                             args.val_patients, config.intensity)
-    _print_split(split)
+    split = build_auto_split(args.dataset, comma_items(args.labels), SplitOptions.from_args(args), config.intensity)
+    print_split(split)
     started = time.perf_counter()
     trainer = VolumetricTrainer(config, split.train, split.val, args.out, split.labels,
                                 data_description=split.description)
@@ -95,11 +93,6 @@ def run_train_volumetric(args: argparse.Namespace) -> int:
     _print_best(trainer.best)
     print(f"model: {trainer.model_path} (+ .json card); {time.perf_counter() - started:.0f} s")
     return 0
-
-
-def _print_split(split: Any) -> None:
-    print(f"training patients: {', '.join(split.description['train_patients'])}", file=sys.stderr)
-    print(f"validation patients: {', '.join(split.description['val_patients']) or '(none)'}", file=sys.stderr)
 
 
 def _print_best(best: dict[str, Any] | None) -> None:
@@ -112,6 +105,7 @@ def _print_best(best: dict[str, Any] | None) -> None:
 # ---------------------------------------------------------------------------------------------- distill
 def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     from ..models.students import STUDENT_ARCHS
+    from .cli_finetune import add_split_options
 
     p = subparsers.add_parser(
         "distill", help="distil an automatic model into a small UNet student",
@@ -135,9 +129,7 @@ def add_distill_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default: 2e-3)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--foreground-fraction", type=float, default=0.5)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--val-patients", type=int, metavar="N")
-    p.add_argument("--max-train-patients", type=int, metavar="N")
+    add_split_options(p)
     p.add_argument("--val-every", type=int, default=1)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--run-dir", type=Path, help="resume state and history (default: <STUDENT>_run)")
@@ -158,6 +150,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..engine.auto import AutoSegmenter
     from .cli_auto import AutoRichProgress, _int_list
     from .common import resolve_device
+    from .datasets import SplitOptions
     from .distill import DistillOptions, distill
     from .volumetric_train import VolumetricTrainConfig
 
@@ -166,11 +159,11 @@ def run_distill(args: argparse.Namespace) -> int:
     output = Path(args.output)
     run_dir = args.run_dir or output.with_name(output.name.split(".")[0] + "_run")
     _check_run_dir(run_dir, args.resume, args.overwrite)
+    channels = tuple(_int_list(args.channels, "--channels") or ())
+    options = DistillOptions(args.arch, channels, _triple(args.patch_size, "--patch-size"),
+                             SplitOptions.from_args(args))  # bad options fail before the teacher loads
     device = str(resolve_device(args.device))
     teacher = AutoSegmenter(args.teacher, device, weights=args.weights)
-    channels = tuple(_int_list(args.channels, "--channels") or ())
-    options = DistillOptions(args.arch, channels, _triple(args.patch_size, "--patch-size"), args.val_fraction,
-                             args.val_patients, args.max_train_patients, args.seed)
     config = VolumetricTrainConfig(arch="unet", patch_size=(8, 8, 8), epochs=args.epochs,
                                    steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, foreground_fraction=args.foreground_fraction,

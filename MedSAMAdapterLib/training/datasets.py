@@ -353,47 +353,75 @@ def load_nnunet_cases(dataset: Any, cases: Sequence[str], labels: dict[int, str]
     return out
 
 
-def choose_split(
-    cases: Sequence[str],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    train_cases: Sequence[str] | None = None,
-    val_cases: Sequence[str] | None = None,
-    max_train_patients: int | None = None,
-    val_patients: int | None = None,
-) -> tuple[list[str], list[str]]:
-    """(train, val) case names, split by patient (``split_cases``) so no patient is on both sides.
+@dataclass(frozen=True)
+class SplitOptions:
+    """How cases are split into training and validation, by patient (``choose_split``); one set of options for
+    every trainer (``finetune``, ``train-auto``, ``distill``) and their CLI flags (``cli_finetune.add_split_options``).
 
     ``val_cases`` / ``train_cases``: explicit case or patient ids (override the split). ``val_patients``: this
     many patients held out (instead of ``val_fraction``). ``max_train_patients``: keep the first N training
     patients of a seeded permutation (few-shot runs; both frames of a patient stay together).
     """
+
+    val_fraction: float = 0.2
+    seed: int = 0
+    train_cases: tuple[str, ...] = ()
+    val_cases: tuple[str, ...] = ()
+    max_train_patients: int | None = None
+    val_patients: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.val_fraction) < 1.0:
+            raise InputError(f"the validation fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("max_train_patients", "val_patients"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
+        object.__setattr__(self, "train_cases", tuple(str(c) for c in self.train_cases or ()))
+        object.__setattr__(self, "val_cases", tuple(str(c) for c in self.val_cases or ()))
+
+    @classmethod
+    def from_args(cls, args: Any) -> "SplitOptions":
+        """From parsed CLI arguments (``add_split_options`` + ``--seed``)."""
+        from .cli_finetune import comma_items
+
+        return cls(args.val_fraction, args.seed, tuple(comma_items(args.train_cases) or ()),
+                   tuple(comma_items(args.val_cases) or ()), args.max_train_patients, args.val_patients)
+
+    def describe(self) -> dict[str, Any]:
+        return {"val_fraction": self.val_fraction, "split_seed": self.seed,
+                **{k: v for k, v in (("train_cases_given", list(self.train_cases)),
+                                     ("val_cases_given", list(self.val_cases)),
+                                     ("max_train_patients", self.max_train_patients),
+                                     ("held_out_patients", self.val_patients)) if v}}
+
+
+def choose_split(cases: Sequence[str], options: SplitOptions = SplitOptions()) -> tuple[list[str], list[str]]:
+    """(train, val) case names, split by patient (``split_cases``) so no patient is on both sides."""
     from ..data.nnunet import default_group, split_cases
 
     cases = list(cases)
-    if val_cases:
-        val = _expand_cases(val_cases, cases, "validation case")
+    if options.val_cases:
+        val = _expand_cases(options.val_cases, cases, "validation case")
         rest = [c for c in cases if c not in val]
     else:
         groups = sorted({default_group(c) for c in cases})
-        fraction = val_fraction if val_patients is None else min(val_patients, len(groups) - 1) / len(groups)
-        rest, val = split_cases(cases, fraction, seed) if fraction > 0 else (cases, [])
-    if train_cases:
-        train = _expand_cases(train_cases, cases, "training case")
+        fraction = (options.val_fraction if options.val_patients is None
+                    else min(options.val_patients, len(groups) - 1) / len(groups))
+        rest, val = split_cases(cases, fraction, options.seed) if fraction > 0 else (cases, [])
+    if options.train_cases:
+        train = _expand_cases(options.train_cases, cases, "training case")
         overlap = sorted(set(train) & set(val))
         if overlap:
             raise InputError(f"cases {overlap[:5]} are both training and validation cases")
     else:
         train = rest
-    if max_train_patients is not None:
-        if max_train_patients < 1:
-            raise InputError(f"max_train_patients must be >= 1, got {max_train_patients}")
+    if options.max_train_patients is not None:
         groups = sorted({default_group(c) for c in train})
-        order = np.random.default_rng(seed).permutation(len(groups))
-        keep = {groups[i] for i in order[:max_train_patients]}
+        order = np.random.default_rng(options.seed).permutation(len(groups))
+        keep = {groups[i] for i in order[:options.max_train_patients]}
         train = sorted(c for c in train if default_group(c) in keep)
     return train, val
-
 
 
 def _expand_cases(wanted: Sequence[str], all_cases: Sequence[str], what: str) -> list[str]:
@@ -421,20 +449,15 @@ class DataSplit:
 
 def build_nnunet_split(
     roots: Sequence[str | Path],
-    val_fraction: float = 0.2,
-    seed: int = 0,
+    split: SplitOptions = SplitOptions(),
     max_cases: int | None = None,
     labels: Sequence[str | int] | None = None,
     intensity: IntensityPolicy | str = "auto",
     foreground_fraction: float = 0.8,
     edge_margin: int = 2,
-    train_cases: Sequence[str] | None = None,
-    val_cases: Sequence[str] | None = None,
-    max_train_patients: int | None = None,
-    val_patients: int | None = None,
 ) -> DataSplit:
-    """Open nnU-Net raw folders, split each by patient (``choose_split``: the split options apply to every
-    folder), read the cases.
+    """Open nnU-Net raw folders, split each by patient (``choose_split``: ``split`` applies to every folder),
+    read the cases.
 
     ``max_cases`` caps the cases per dataset (a seeded random subset, so it is not all 'benign_*' of BUSI);
     ``labels`` selects labels by name or value in every dataset that has them (unknown everywhere -> error).
@@ -456,9 +479,9 @@ def build_nnunet_split(
         matched_any = True
         names = list(dataset.cases)
         if max_cases is not None and len(names) > max_cases:
-            order = np.random.default_rng(seed).permutation(len(names))[:max_cases]
+            order = np.random.default_rng(split.seed).permutation(len(names))[:max_cases]
             names = sorted(names[i] for i in order)
-        tr, va = choose_split(names, val_fraction, seed, train_cases, val_cases, max_train_patients, val_patients)
+        tr, va = choose_split(names, split)
         train_list += load_nnunet_cases(dataset, tr, chosen, intensity)
         val_list += load_nnunet_cases(dataset, va, chosen, intensity)
         described.append({
@@ -468,11 +491,10 @@ def build_nnunet_split(
         })
     if not matched_any:
         raise InputError(f"none of the labels {list(labels or [])} exists in the given datasets")
-    train = SliceDataset(train_list, seed, foreground_fraction, edge_margin, name="training")
-    val = SliceDataset(val_list, seed, 1.0, 0, name="validation") if _any_label(val_list) else None
+    train = SliceDataset(train_list, split.seed, foreground_fraction, edge_margin, name="training")
+    val = SliceDataset(val_list, split.seed, 1.0, 0, name="validation") if _any_label(val_list) else None
     description = {
-        "source": "nnunet", "datasets": described, "val_fraction": val_fraction, "split_seed": seed,
-        "max_cases": max_cases, "intensity": IntensityPolicy.parse(intensity).id, "slice_axis": SLICE_AXIS,
+        "source": "nnunet", "datasets": described, **split.describe(), "max_cases": max_cases, "intensity": IntensityPolicy.parse(intensity).id, "slice_axis": SLICE_AXIS,
         "train": train.describe(), "val": val.describe() if val else None,
     }
     return DataSplit(train, val, description)

@@ -22,20 +22,19 @@ import numpy as np
 
 from ..errors import InputError
 from .common import ProgressCallback, nanmean
+from .datasets import SplitOptions
 
 
 @dataclasses.dataclass
 class DistillOptions:
     """What ``distill`` needs beyond the trainer's settings. ``patch_size`` None = the teacher's patch (rounded
-    to the student's multiples) or 16 x 128 x 128; ``channels``: UNet widths per level."""
+    to the student's multiples) or 16 x 128 x 128; ``channels``: UNet widths per level; ``split``: which cases
+    train and which compare teacher and student."""
 
     arch: str | None = None
     channels: tuple[int, ...] = (16, 32, 64, 128)
     patch_size: tuple[int, int, int] | None = None
-    val_fraction: float = 0.2
-    val_patients: int | None = None
-    max_train_patients: int | None = None
-    seed: int = 0
+    split: SplitOptions = SplitOptions()
 
 
 @dataclasses.dataclass
@@ -75,14 +74,12 @@ def distill(teacher: Any, dataset: str | Path, output: str | Path, options: Dist
 
     arch = student_arch(teacher, options.arch)
     labels = {c.label_value: c.name for c in teacher.classes}
-    split = build_auto_split(dataset, [str(v) for v in labels], options.val_fraction, options.seed,
-                             max_train_patients=options.max_train_patients, val_patients=options.val_patients,
-                             intensity=teacher.intensity)
+    split = build_auto_split(dataset, [str(v) for v in labels], options.split, teacher.intensity)
     if set(split.labels) != set(labels):
         raise InputError(f"the teacher's classes {labels} are not all labels of {dataset} ({split.labels})")
     base = dataclasses.asdict(config) if config is not None else {}
     base.update(arch=arch, network={"channels": list(options.channels)}, intensity=teacher.intensity,
-                patch_size=options.patch_size or default_patch(teacher, arch, options.channels), seed=options.seed,
+                patch_size=options.patch_size or default_patch(teacher, arch, options.channels), seed=options.split.seed,
                 single_component=tuple(c.name for c in teacher.classes if c.single_component))
     cfg = VolumetricTrainConfig(**base)
     output = Path(output)

@@ -1,7 +1,7 @@
 """Patch-based training of volumetric automatic models: AutoProSAM on a frozen encoder, or a UNet student
 distilled from a teacher. One loop for both (the teacher only adds a loss term).
 
-    split = build_auto_split("Dataset001_ACDC", val_patients=2)
+    split = build_auto_split("Dataset001_ACDC", split=SplitOptions(val_patients=2))
     trainer = VolumetricTrainer(VolumetricTrainConfig(arch="autoprosam", patch_size=(16, 128, 128)),
                                 split.train, split.val, "runs/acdc_3d", split.labels)
     trainer.fit(progress=print)         # or fit(resume=True) after an interruption

@@ -165,7 +165,7 @@ def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
     from MedSAMAdapterLib.cli import build_parser
     from MedSAMAdapterLib.models.checkpoints import load_adapter
     from MedSAMAdapterLib.models.registry import build_tiny_test_model
-    from MedSAMAdapterLib.training.datasets import build_nnunet_split
+    from MedSAMAdapterLib.training.datasets import SplitOptions, build_nnunet_split
     from MedSAMAdapterLib.training.prompts import PromptPolicy
     from MedSAMAdapterLib.training.config import TrainConfig
     from MedSAMAdapterLib.training.trainer import Trainer
@@ -178,7 +178,7 @@ def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
     parsed = build_parser().parse_args(command[3:])  # the background process's arguments parse as our CLI's
     assert parsed.recipe == "decoder" and parsed.epochs == 1
 
-    split = build_nnunet_split([root], val_fraction=0.5, seed=0)
+    split = build_nnunet_split([root], SplitOptions(0.5, 0))
     config = TrainConfig(recipe="decoder", model="tiny-test", epochs=1, steps_per_epoch=3, batch_size=2, lr=3e-3,
                          cache_dir=str(tmp_path / "cache"), val_slices=2, prompt=PromptPolicy(max_clicks=2))
     trainer = Trainer(config, split.train, split.val, tmp_path / "run", model=build_tiny_test_model())

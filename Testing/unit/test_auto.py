@@ -27,6 +27,7 @@ from MedSAMAdapterLib.models.checkpoints import base_identity
 from MedSAMAdapterLib.models.registry import build_tiny_test_model, model_fingerprint
 from MedSAMAdapterLib.training.auto_train import (AutoTrainConfig, build_auto_split, nearest_model_target,
                                                   train_auto)
+from MedSAMAdapterLib.training.datasets import SplitOptions
 from Testing.conftest import make_volume
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,19 +165,19 @@ def test_nearest_model_target_follows_resize_and_padding():
 
 # ---------------------------------------------------------------------------------------------- training
 def test_split_keeps_patients_and_few_shot_subset(dataset):
-    split = build_auto_split(dataset, val_patients=1, max_train_patients=2)
+    split = build_auto_split(dataset, split=SplitOptions(val_patients=1, max_train_patients=2))
     assert len(split.val) == 1 and len(split.train) == 2
     assert not {c.case_id for c in split.train} & {c.case_id for c in split.val}
     assert split.labels == {1: "LV", 2: "MYO"}
-    explicit = build_auto_split(dataset, labels=["MYO"], train_cases=["patient000"], val_cases=["patient003"])
+    explicit = build_auto_split(dataset, ["MYO"], SplitOptions(train_cases=["patient000"], val_cases=["patient003"]))
     assert [c.case_id for c in explicit.train] == ["patient000_frame01"] and explicit.labels == {2: "MYO"}
     with pytest.raises(InputError):
-        build_auto_split(dataset, train_cases=["patient003"], val_cases=["patient003"])
+        build_auto_split(dataset, split=SplitOptions(train_cases=["patient003"], val_cases=["patient003"]))
 
 
 @pytest.mark.parametrize("kind,context", [("linear", False), ("cnn", True), ("vit", False)])
 def test_short_training_lowers_the_loss_and_writes_the_run(dataset, tmp_path, tiny, kind, context):
-    split = build_auto_split(dataset, val_patients=1)
+    split = build_auto_split(dataset, split=SplitOptions(val_patients=1))
     events = []
     cfg = AutoTrainConfig(head=kind, context=context, head_options=TINY_OPTIONS[kind], epochs=5, batch_size=6,
                           lr={"linear": 3e-2, "cnn": 3e-3, "vit": 1e-3}[kind], patience=None, device="cpu",
@@ -198,7 +199,7 @@ def test_short_training_lowers_the_loss_and_writes_the_run(dataset, tmp_path, ti
 
 
 def test_training_reuses_cached_embeddings(dataset, tmp_path, tiny):
-    split = build_auto_split(dataset, val_patients=1)
+    split = build_auto_split(dataset, split=SplitOptions(val_patients=1))
     cfg = AutoTrainConfig(head="linear", epochs=1, device="cpu", cache_dir=str(tmp_path / "cache"))
     first = train_auto(cfg, split.train, split.val, tmp_path / "a", split.labels, model=tiny)
     second = train_auto(cfg, split.train, split.val, tmp_path / "b", split.labels, model=tiny)
@@ -404,3 +405,23 @@ def test_cli_train_auto_and_auto(dataset, tmp_path, tiny, monkeypatch):
                               "--cache-dir", str(tmp_path / "c")])
     assert args.handler(args) == 0
     assert (tmp_path / "out.seg.nrrd").is_file() and (tmp_path / "o.png").is_file()
+
+
+@pytest.mark.parametrize("options,message", [({"val_fraction": 1.0}, "validation fraction"),
+                                              ({"val_fraction": -0.1}, "validation fraction"),
+                                              ({"max_train_patients": 0}, "max_train_patients"),
+                                              ({"val_patients": 0}, "val_patients")])
+def test_split_options_refuse_bad_values(options, message):
+    with pytest.raises(InputError, match=message):
+        SplitOptions(**options)
+
+
+@pytest.mark.parametrize("command", ["train-auto", "finetune", "distill"])
+def test_every_trainer_cli_takes_the_same_split_flags(command, dataset, tmp_path, capsys):
+    from MedSAMAdapterLib.cli import main
+
+    first = {"train-auto": [str(dataset), "--out", str(tmp_path / "run")],
+             "finetune": [str(dataset), "--out", str(tmp_path / "run")],
+             "distill": [str(tmp_path / "teacher"), "--data", str(dataset), "-o", str(tmp_path / "s")]}[command]
+    assert main([command, *first, "--val-fraction", "1.5", "--train-cases", "patient000"]) == 2
+    assert "validation fraction must be in [0, 1)" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.models.students import build_student
 from MedSAMAdapterLib.models.volumetric import load_volumetric_model
 from MedSAMAdapterLib.training.auto_train import build_auto_split
+from MedSAMAdapterLib.training.datasets import SplitOptions
 from MedSAMAdapterLib.training.distill import DistillOptions, distill
 from MedSAMAdapterLib.training.patches import PatchCase, PatchSampler
 from MedSAMAdapterLib.training.volumetric_train import (VolumetricTrainConfig, VolumetricTrainer,
@@ -54,7 +55,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def split(dataset):
-    return build_auto_split(dataset, val_patients=1)
+    return build_auto_split(dataset, split=SplitOptions(val_patients=1))
 
 
 @pytest.fixture(scope="module")
@@ -219,8 +220,8 @@ def test_distilled_student_runs_with_auto_and_evaluate(trained, tiny, dataset, t
     teacher = AutoSegmenter(trained[0].model_path, base_model=tiny)
     config = VolumetricTrainConfig(arch="unet", patch_size=(8, 8, 8), epochs=2, steps_per_epoch=4, batch_size=2,
                                    device="cpu", patience=None, warmup_steps=0)
-    result = distill(teacher, dataset, tmp_path / "student", DistillOptions(channels=(8, 16), val_patients=1),
-                     config)
+    options = DistillOptions(channels=(8, 16), split=SplitOptions(val_patients=1))
+    result = distill(teacher, dataset, tmp_path / "student", options, config)
     card = json.loads((tmp_path / "student.json").read_text())
     assert card["arch"] == "unet" and card["base_model"] is None and card["patch_size"] == list(PATCH)
     assert card["training"]["teacher"]["kind"] == "autoprosam"

@@ -14,7 +14,7 @@ from MedSAMAdapterLib.models.auto_heads import AutoClass
 from MedSAMAdapterLib.models.volumetric import classes_for
 from MedSAMAdapterLib.training.augment import augment_case, augmented_copies
 from MedSAMAdapterLib.training.auto_train import AutoTrainConfig, build_auto_split, clean_class_maps, train_auto
-from MedSAMAdapterLib.training.datasets import make_case
+from MedSAMAdapterLib.training.datasets import SplitOptions, make_case
 from Testing.unit.test_auto import TINY_OPTIONS, synthetic_case, tiny, write_nnunet  # noqa: F401 (fixture)
 
 
@@ -99,7 +99,7 @@ def test_augmentation_refuses_colour_and_negative_counts():
 
 
 def test_training_with_augmentation_and_single_component_classes(tmp_path, tiny):  # noqa: F811
-    split = build_auto_split(write_nnunet(tmp_path / "Dataset900_Toy"), val_patients=1)
+    split = build_auto_split(write_nnunet(tmp_path / "Dataset900_Toy"), split=SplitOptions(val_patients=1))
     cfg = AutoTrainConfig(head="linear", head_options=TINY_OPTIONS["linear"], epochs=2, device="cpu", augment=2,
                           single_component=("LV",), cache_dir=str(tmp_path / "cache"), patience=None)
     result = train_auto(cfg, split.train, split.val, tmp_path / "run", split.labels, model=tiny)

@@ -19,7 +19,7 @@ from MedSAMAdapterLib.engine.preprocessing import SliceTransform, volume_to_disp
 from MedSAMAdapterLib.errors import InputError
 from MedSAMAdapterLib.models.checkpoints import load_adapter, read_card
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
-from MedSAMAdapterLib.training.datasets import build_array_split, build_nnunet_split, make_case
+from MedSAMAdapterLib.training.datasets import SplitOptions, build_array_split, build_nnunet_split, make_case
 from MedSAMAdapterLib.training.prompts import PromptPolicy, PromptSimulator
 from MedSAMAdapterLib.training.config import TrainConfig
 from MedSAMAdapterLib.training.trainer import STATE_FILE, Trainer, model_space_target
@@ -119,7 +119,7 @@ def decoder_outputs(model):
 # ---------------------------------------------------------------------------------------------- datasets
 def test_nnunet_split_2d_and_3d_is_case_level_and_deterministic(data_dirs):
     d2, d3 = data_dirs
-    split = build_nnunet_split([d2, d3], val_fraction=0.34, seed=0)
+    split = build_nnunet_split([d2, d3], SplitOptions(0.34, 0))
     described = {d["name"]: d for d in split.description["datasets"]}
     for name, n in (("Dataset901_Shapes", 6), ("Dataset902_Ball", 3)):
         train, val = described[name]["train_cases"], described[name]["val_cases"]
@@ -145,7 +145,7 @@ def test_nnunet_split_2d_and_3d_is_case_level_and_deterministic(data_dirs):
 
 
 def test_foreground_balance_and_edge_samples(data_dirs):
-    split = build_nnunet_split([data_dirs[1]], val_fraction=0.0, seed=3, foreground_fraction=0.8, edge_margin=2)
+    split = build_nnunet_split([data_dirs[1]], SplitOptions(0.0, 3), foreground_fraction=0.8, edge_margin=2)
     ds = split.train
     assert ds.foreground_count == 3 * 7 and ds.edge_count == 3 * 3  # planes 2..8 have the ball; 0, 1, 9 are edges
     rng = np.random.default_rng(0)
@@ -166,7 +166,7 @@ def test_foreground_balance_and_edge_samples(data_dirs):
 
 def test_label_selection_and_in_memory_pairs(data_dirs):
     d2, d3 = data_dirs
-    split = build_nnunet_split([d2, d3], val_fraction=0.34, labels=["square"])
+    split = build_nnunet_split([d2, d3], SplitOptions(0.34), labels=["square"])
     assert {c.label_values for c in split.train.cases} == {(2,)}
     assert any("skipped" in d for d in split.description["datasets"])  # the 3D set has no 'square'
     with pytest.raises(InputError):
@@ -293,7 +293,7 @@ def test_model_space_target_matches_the_slice_mapping():
 def trained(data_dirs, tmp_path_factory):
     """One 2-epoch decoder run (cached embeddings) shared by several tests, plus snapshots taken at save time."""
     tmp = tmp_path_factory.mktemp("run")
-    split = build_nnunet_split(list(data_dirs), val_fraction=0.34, seed=0)
+    split = build_nnunet_split(list(data_dirs), SplitOptions(0.34, 0))
     model = counting(build_tiny_test_model())
     cfg = tiny_config(tmp)
     trainer = Trainer(cfg, split.train, split.val, tmp / "run", model=model, data_description=split.description)
@@ -397,7 +397,7 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
 ])
 def test_encoder_recipes_train_without_cache(data_dirs, tmp_path, recipe, extra):
     d2, d3 = data_dirs
-    split = build_nnunet_split([d3] if recipe == "medsa-3d" else [d2], val_fraction=0.34, seed=0)
+    split = build_nnunet_split([d3] if recipe == "medsa-3d" else [d2], SplitOptions(0.34, 0))
     model = counting(build_tiny_test_model())
     settings = dict(recipe=recipe, epochs=1, steps_per_epoch=2, batch_size=2, val_slices=2, baseline_validation=False)
     cfg = tiny_config(tmp_path, **{**settings, **extra})

@@ -1,6 +1,5 @@
 """engine.volume: reading / writing every supported format, and a clear InputError for every bad input."""
 
-import os
 from pathlib import Path
 
 import numpy as np

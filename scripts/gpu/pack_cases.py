@@ -42,10 +42,10 @@ def shrink_picture(image: np.ndarray, labels: np.ndarray, max_side: int) -> tupl
 
 def choose_cases(root: Path, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.train_patients or args.val_patients:
-        from MedSAMAdapterLib.training.datasets import choose_split
+        from MedSAMAdapterLib.training.datasets import SplitOptions, choose_split
 
-        return choose_split(open_dataset(root).cases, seed=args.seed, max_train_patients=args.train_patients,
-                            val_patients=args.val_patients)
+        return choose_split(open_dataset(root).cases, SplitOptions(seed=args.seed, max_train_patients=args.train_patients,
+                                                                   val_patients=args.val_patients))
     return split_cases(open_dataset(root), args.val_fraction, args.seed)
 
 

@@ -64,9 +64,10 @@ def run_train_auto(args: argparse.Namespace) -> int:
     train, val, meta = read_packed(args.dataset, intensity)
     if args.train_cases:  # a few-shot subset of the packed training patients
         from MedSAMAdapterLib.training.cli_finetune import comma_items
-        from MedSAMAdapterLib.training.datasets import choose_split
+        from MedSAMAdapterLib.training.datasets import SplitOptions, choose_split
 
-        keep = set(choose_split([c.case_id for c in train], 0.0, train_cases=comma_items(args.train_cases))[0])
+        options = SplitOptions(0.0, train_cases=tuple(comma_items(args.train_cases)))
+        keep = set(choose_split([c.case_id for c in train], options)[0])
         train = [c for c in train if c.case_id in keep]
     d = meta["datasets"][0]
     labels = {int(v): n for v, n in d["labels"].items()}
