@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="folder for summary.json, report.md, plots")
     evaluate.add_argument("--max-cases", type=int)
     evaluate.add_argument("--cases", nargs="*", help="only these case names")
+    evaluate.add_argument("--region", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
+                          help="score a union of labels instead of the labels (repeatable; labels by value or "
+                               "name), e.g. --region optic_disc=1,2 --region optic_cup=2")
     evaluate.set_defaults(handler=run_evaluate)
 
     from .training.cli_auto import add_auto_parsers
@@ -305,11 +308,16 @@ def write_outputs(session, output: Path, overlay: Path | None, axis: int) -> Pat
 
 
 def run_evaluate(args) -> int:
-    from .evaluation.protocols import evaluate_dataset
+    from .evaluation.protocols import evaluate_dataset, parse_regions
 
+    regions = None
+    if args.region:
+        from .data.nnunet import open_dataset
+
+        regions = parse_regions(args.region, open_dataset(args.dataset).labels)
     summary = evaluate_dataset(
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
-        cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device),
+        cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device), regions=regions,
     )
     print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")

@@ -16,6 +16,11 @@ composed label map (labels in increasing value; a later label overwrites an earl
 scored too, under ``composed``, for the whole image/volume domain (box, and clicks on 2D data).
 Labels absent from a case's ground truth cannot be prompted (no box, no click): they are skipped for that case
 and listed under ``absent_labels``, so they neither count as perfect nor as failures in the means.
+
+Regions (``regions={"optic_disc": (1, 2), "optic_cup": (2,)}``, box and clicks): the structures prompted and
+scored are unions of label values instead of single labels, as a user would segment them (the whole optic disc
+rather than the rim ring; BraTS whole tumour / tumour core / enhancing). Regions may overlap, so no composed
+label map is scored; overlays draw later regions over earlier ones.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import math
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -40,6 +46,61 @@ MAX_CLICKS = max(CLICK_LEVELS)
 SLICE_AXIS = 0
 SUMMARY_FORMAT = "medsam-adapter-evaluation/1"
 SessionFactory = Callable[[Any], Any]  # Volume -> object with the InteractiveSession API
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The structures prompted and scored: each a label value, or a region (a union of label values)."""
+
+    values: dict[str, tuple[int, ...]]
+    regions: bool = False
+
+    @classmethod
+    def of_labels(cls, labels: Mapping[str, int]) -> "Targets":
+        return cls({name: (int(value),) for name, value in labels.items()})
+
+    def mask(self, gt: np.ndarray, name: str) -> np.ndarray:
+        return np.isin(gt, self.values[name])
+
+    def code(self, name: str) -> int:
+        """The value a target gets in predicted / overlay maps: its label value, or its 1-based region index."""
+        return list(self.values).index(name) + 1 if self.regions else self.values[name][0]
+
+    def present_in(self, gt: np.ndarray) -> "Targets":
+        return Targets({n: v for n, v in self.values.items() if self.mask(gt, n).any()}, self.regions)
+
+    def coded_map(self, gt: np.ndarray) -> np.ndarray:
+        """Ground truth as a map of target codes (labels: the map itself; regions: later drawn over earlier)."""
+        if not self.regions:
+            return np.asarray(gt)
+        out = np.zeros(np.shape(gt), np.uint8)
+        for name in self.values:
+            out[self.mask(gt, name)] = self.code(name)
+        return out
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {name: self.code(name) for name in self.values}
+
+
+def parse_regions(items: Sequence[str], labels: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """``NAME=A,B,...`` items (A, B: label values or names of ``labels``) -> {name: sorted label values}."""
+    regions: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, members = str(item).partition("=")
+        if not sep or not name.strip() or not members.strip():
+            raise InputError(f"a region is NAME=LABEL[,LABEL...] (e.g. optic_disc=1,2), got {item!r}")
+        values = set()
+        for member in (m.strip() for m in members.split(",") if m.strip()):
+            if member.isdigit() and int(member) in labels.values():
+                values.add(int(member))
+            elif member in labels:
+                values.add(int(labels[member]))
+            else:
+                raise InputError(f"region {name.strip()!r}: {member!r} is not a label of the dataset "
+                                 f"({', '.join(f'{n}={v}' for n, v in labels.items())})")
+        regions[name.strip()] = tuple(sorted(values))
+    return regions
 
 
 def level_names(protocol: str) -> list[str]:
@@ -63,15 +124,19 @@ def evaluate_dataset(
     nsd_tolerance_mm: float = 2.0,
     save_predictions: bool = True,
     n_examples: int = 3,
+    regions: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
     ``out_dir`` defaults to ``runs/eval/<dataset>-<protocol>-<model>``. ``session_factory`` (volume -> session)
-    replaces model loading, e.g. in tests. Returns the summary dict (NaN where JSON has null).
+    replaces model loading, e.g. in tests. ``regions``: score unions of labels instead of the labels (see the
+    module docstring; ``parse_regions`` reads ``NAME=A,B`` text). Returns the summary dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
 
     _check_protocol(protocol)
+    if regions and protocol == "auto":
+        raise InputError("regions apply to the box and clicks protocols; an automatic model predicts its classes")
     if protocol == "auto":
         adapter_path = None
         session_factory = session_factory or auto_session_factory(model_name, device)
@@ -82,14 +147,16 @@ def evaluate_dataset(
     else:
         adapter_path = _check_adapter(adapter)
     dataset = open_dataset(dataset_root)
+    targets = (Targets({n: tuple(int(v) for v in vs) for n, vs in regions.items()}, regions=True) if regions
+               else Targets.of_labels(dataset.labels))
     selected = _select_cases(dataset.cases, cases, max_cases)
     out = Path(out_dir) if out_dir is not None else \
         Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
     factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity)
-    summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected))
+    summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
     started = time.perf_counter()
     for case in _progress(selected, progress, f"{protocol} {dataset.name}"):
-        record, prediction = evaluate_case(dataset, case, protocol, factory, nsd_tolerance_mm)
+        record, prediction = evaluate_case(dataset, case, protocol, factory, nsd_tolerance_mm, targets)
         summary["cases"].append(record)
         if save_predictions:
             _save_prediction(out / "predictions" / f"{case}.npz", prediction, record["overlay_index"])
@@ -97,7 +164,7 @@ def evaluate_dataset(
         write_summary(summary, out / "summary.json")  # a crash keeps the cases done so far
     _finish_summary(summary, time.perf_counter() - started, complete=True)
     if save_predictions:
-        summary["examples"] = _render_examples(dataset, summary, out, n_examples)
+        summary["examples"] = _render_examples(dataset, summary, out, n_examples, targets)
     write_summary(summary, out / "summary.json")
     from .report import write_report
 
@@ -128,16 +195,19 @@ def default_session_factory(
 
 
 def evaluate_case(
-    dataset: Any, case: str, protocol: str, session_factory: SessionFactory, nsd_tolerance_mm: float = 2.0
+    dataset: Any, case: str, protocol: str, session_factory: SessionFactory, nsd_tolerance_mm: float = 2.0,
+    targets: Targets | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Prompt every label present in the case; returns (record for summary.json, predicted label map)."""
+    """Prompt every target (default: every label) present in the case; returns (record for summary.json,
+    predicted map of target codes)."""
     from ..data.nnunet import read_case
 
     t0 = time.perf_counter()
     image, label_map = read_case(dataset, case)
     gt = np.asarray(label_map)
     spacing = _metric_spacing(dataset, case, image, gt.shape)
-    present = {name: value for name, value in dataset.labels.items() if (gt == value).any()}
+    targets = targets or Targets.of_labels(dataset.labels)
+    present = targets.present_in(gt)
     t1 = time.perf_counter()
     session = session_factory(image)
     try:
@@ -154,7 +224,7 @@ def evaluate_case(
         "case": case,
         "shape": list(gt.shape),
         "spacing": [float(s) for s in spacing],
-        "absent_labels": [name for name in dataset.labels if name not in present],
+        "absent_labels": [name for name in targets.values if name not in present.values],
         **outcome["record"],
         "seconds": {"read": t1 - t0, "segment_and_score": t2 - t1, "total": t2 - t0},
     }
@@ -240,14 +310,14 @@ def largest_slice(mask: np.ndarray, axis: int = SLICE_AXIS) -> int:
     return int(np.argmax(np.count_nonzero(mask, axis=other)))
 
 
-def _run_box(session: Any, gt: np.ndarray, present: Mapping[str, int], spacing, tol: float) -> dict[str, Any]:
+def _run_box(session: Any, gt: np.ndarray, present: Targets, spacing, tol: float) -> dict[str, Any]:
     from ..engine.prompts import SlicePrompts
 
     per_label: dict[str, M.Metrics] = {}
     slice_index: dict[str, int] = {}
-    prediction = np.zeros(gt.shape, _label_dtype(present))
-    for name, value in present.items():
-        target = gt == value
+    prediction = np.zeros(gt.shape, _label_dtype(present.labels))
+    for name in present.values:
+        target = present.mask(gt, name)
         index = largest_slice(target)
         box = _usable_box(tight_box(target[index]), target.shape[1:])
         segment = session.add_segment(name)
@@ -257,10 +327,10 @@ def _run_box(session: Any, gt: np.ndarray, present: Mapping[str, int], spacing, 
         mask = np.asarray(session.segment_mask(segment), bool)
         per_label[name] = M.binary_metrics(mask, target, spacing, tol)
         slice_index[name] = index
-        prediction[mask] = value
-    composed = M.case_metrics(prediction, gt, present, spacing, tol)
-    overlay = largest_slice(gt > 0) if present else 0
-    record = {"slice_index": slice_index, "metrics": {"box": per_label}, "composed": {"box": composed},
+        prediction[mask] = present.code(name)
+    composed = None if present.regions else {"box": M.case_metrics(prediction, gt, present.labels, spacing, tol)}
+    overlay = largest_slice(gt > 0) if present.values else 0
+    record = {"slice_index": slice_index, "metrics": {"box": per_label}, "composed": composed,
               "overlay_index": overlay}
     return {"record": record, "prediction": prediction}
 
@@ -272,14 +342,14 @@ def _propagate(session: Any, segment: str, index: int) -> None:
         pass
 
 
-def _run_clicks(session: Any, gt: np.ndarray, present: Mapping[str, int], spacing, tol: float) -> dict[str, Any]:
+def _run_clicks(session: Any, gt: np.ndarray, present: Targets, spacing, tol: float) -> dict[str, Any]:
     levels = level_names("clicks")
     per_level: dict[str, dict[str, M.Metrics]] = {level: {} for level in levels}
     dice_per_click: dict[str, list[float]] = {}
     slice_index: dict[str, int] = {}
     planes: dict[str, dict[int, np.ndarray]] = {}
-    for name, value in present.items():
-        target = gt == value
+    for name in present.values:
+        target = present.mask(gt, name)
         index = largest_slice(target)
         masks = _click_sequence(session, name, index, target[index])
         dice_per_click[name] = [M.dice_score(m, target[index]) for m in masks]
@@ -313,19 +383,20 @@ def _click_sequence(session: Any, name: str, index: int, target: np.ndarray) -> 
     return masks
 
 
-def _compose_clicks(gt, present, planes, slice_index, spacing, tol) -> tuple[np.ndarray, dict | None]:
-    """Label map of the last click level; composed metrics only on 2D data (3D labels use different slices)."""
-    prediction = np.zeros(gt.shape, _label_dtype(present))
-    for name, value in present.items():
-        prediction[slice_index[name]][planes[name][MAX_CLICKS]] = value
-    if gt.shape[0] != 1:
+def _compose_clicks(gt, present: Targets, planes, slice_index, spacing, tol) -> tuple[np.ndarray, dict | None]:
+    """Map of the last click level; composed metrics only for labels on 2D data (3D labels use different slices,
+    regions overlap)."""
+    prediction = np.zeros(gt.shape, _label_dtype(present.labels))
+    for name in present.values:
+        prediction[slice_index[name]][planes[name][MAX_CLICKS]] = present.code(name)
+    if gt.shape[0] != 1 or present.regions:
         return prediction, None
     composed = {}
     for n, level in zip(CLICK_LEVELS, level_names("clicks")):
         level_map = np.zeros(gt.shape, prediction.dtype)
-        for name, value in present.items():
-            level_map[0][planes[name][n]] = value
-        composed[level] = M.case_metrics(level_map, gt, present, spacing, tol)
+        for name in present.values:
+            level_map[0][planes[name][n]] = present.code(name)
+        composed[level] = M.case_metrics(level_map, gt, present.labels, spacing, tol)
     return prediction, composed
 
 
@@ -340,7 +411,8 @@ def _usable_box(box: tuple[int, int, int, int], plane_shape: Sequence[int]) -> t
 
 
 # --- summary --------------------------------------------------------------------------------------------
-def _new_summary(dataset, protocol: str, model_name: str, adapter: Path | None, tol: float, n: int) -> dict[str, Any]:
+def _new_summary(dataset, protocol: str, model_name: str, adapter: Path | None, tol: float, n: int,
+                 targets: Targets) -> dict[str, Any]:
     notes = [
         "Per-label metrics are those of each label's own binary segment; 'composed' metrics score the label map "
         "in which later labels overwrite earlier ones.",
@@ -348,6 +420,9 @@ def _new_summary(dataset, protocol: str, model_name: str, adapter: Path | None, 
         "Means are NaN-aware; HD95 is NaN when exactly one of prediction and ground truth is empty.",
         "Overall = mean over labels of the per-label means (macro average).",
     ]
+    if targets.regions:
+        notes[0] = ("Regions: each region (a union of label values, under 'regions') is prompted and scored as one "
+                    "binary segment; regions overlap, so no composed map is scored.")
     if protocol == "auto":
         notes[1] = ("Automatic protocol: no prompts; every class of the model is scored on every case, including "
                     "cases whose ground truth lacks it (empty prediction there = Dice 1, a false positive = 0).")
@@ -363,6 +438,7 @@ def _new_summary(dataset, protocol: str, model_name: str, adapter: Path | None, 
         "adapter": str(adapter) if adapter is not None else None,
         "dataset": {"name": dataset.name, "root": str(dataset.root), "dimensionality": dataset.dimensionality,
                     "labels": dict(dataset.labels)},
+        "regions": {n: list(v) for n, v in targets.values.items()} if targets.regions else None,
         "slice_axis": SLICE_AXIS,
         "nsd_tolerance_mm": float(tol),
         "n_cases_requested": n,
@@ -474,7 +550,7 @@ def pick_examples(records: Sequence[Mapping[str, Any]], level: str, n: int = 3) 
     return list(unique.values())
 
 
-def _render_examples(dataset, summary: dict[str, Any], out: Path, n: int) -> list[dict[str, Any]]:
+def _render_examples(dataset, summary: dict[str, Any], out: Path, n: int, targets: Targets) -> list[dict[str, Any]]:
     """Overlay PNGs (prediction and ground truth) of the best / median / worst case; failures become warnings."""
     from ..data.nnunet import read_case
 
@@ -488,7 +564,7 @@ def _render_examples(dataset, summary: dict[str, Any], out: Path, n: int) -> lis
             with np.load(out / "predictions" / f"{case}.npz") as saved:
                 prediction, index = saved["prediction"], int(saved["overlay_index"])
             files = {}
-            for kind, labels in (("prediction", prediction), ("ground_truth", np.asarray(label_map))):
+            for kind, labels in (("prediction", prediction), ("ground_truth", targets.coded_map(label_map))):
                 relative = Path("examples") / f"{rank}_{case}_{kind}.png"
                 write_overlay_png(image, labels, out / relative, axis=SLICE_AXIS, index=index)
                 files[kind] = relative.as_posix()

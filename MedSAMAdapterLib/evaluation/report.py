@@ -64,6 +64,9 @@ def render_markdown(summary: Mapping[str, Any], plots: Mapping[str, str] | None 
     what = "automatic (no prompts)" if summary.get("protocol") == "auto" else f"`{summary.get('protocol')}` prompts"
     title = f"{what}, {dataset.get('name')}, model `{summary.get('model')}`"
     lines = [f"# Evaluation: {title}", ""]
+    if summary.get("regions"):
+        lines += ["Scored regions (unions of label values): " + ", ".join(
+            f"{name} = {{{', '.join(str(v) for v in values)}}}" for name, values in summary["regions"].items()), ""]
     if not summary.get("complete", True):
         lines += ["> **Incomplete run**: these numbers cover only the cases finished so far.", ""]
     lines += _run_table(summary) + [""]
@@ -178,7 +181,7 @@ def _bullets(title: str, items: Sequence[str]) -> list[str]:
 def plot_dice_per_label(summary: Mapping[str, Any], path: str | Path) -> Path:
     """Per-label Dice over cases: a horizontal box plot with the individual cases as jittered dots."""
     levels = list(summary.get("levels", []))
-    labels = list(summary.get("dataset", {}).get("labels", {})) or sorted(
+    labels = list(summary.get("regions") or summary.get("dataset", {}).get("labels", {})) or sorted(
         {lb for r in summary["cases"] for lv in levels for lb in r["metrics"].get(lv, {})})
     fig = _figure(width=3.2 * max(len(levels), 1) + 1.8, height=0.38 * max(len(labels), 1) + 1.4)
     axes = fig.subplots(1, max(len(levels), 1), sharey=True, squeeze=False)[0]

@@ -13,9 +13,11 @@ import pytest
 import SimpleITK as sitk
 
 from MedSAMAdapterLib.errors import InputError, PromptError
-from MedSAMAdapterLib.evaluation.protocols import evaluate_dataset, largest_slice, level_names, pick_examples
+from MedSAMAdapterLib.evaluation.protocols import (evaluate_dataset, largest_slice, level_names, parse_regions,
+                                                   pick_examples)
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
+REGIONS = {"organs": (1, 2)}  # what FakeSession answers for a segment named after a region
 
 
 class FakeSession:
@@ -34,7 +36,7 @@ class FakeSession:
     def segment_slice(self, segment, axis, index, prompts):
         assert axis == 0
         self.calls.append((self.names[segment], index, prompts))
-        plane = self.gt[index] == LABELS[self.names[segment]]
+        plane = self._target(self.names[segment])[index]
         mask = self._answer(plane, prompts)
         self.masks[segment][index] = mask
         return types.SimpleNamespace(mask=mask, iou=0.9)
@@ -58,10 +60,13 @@ class FakeSession:
         if not self.masks[segment][start_index].any():
             raise PromptError("empty start slice")
         self.propagated.append((self.names[segment], start_index, direction))
-        target = self.gt == LABELS[self.names[segment]]
+        target = self._target(self.names[segment])
         written = [k for k in range(self.gt.shape[0]) if k != start_index and target[k].any()]
         self.masks[segment][written] = target[written]
         return written
+
+    def _target(self, name):
+        return np.isin(self.gt, REGIONS.get(name, (LABELS.get(name),)))
 
     def segment_mask(self, segment):
         return self.masks[segment].copy()
@@ -268,3 +273,29 @@ def test_auto_run_is_scored_in_the_dataset_label_values():
     assert record["scored_labels"] == ["liver"] and record["classes_matched_by"] == "name"
     assert record["metrics"]["auto"]["liver"]["dice"] == pytest.approx(1.0)
     assert set(np.unique(outcome["prediction"])) == {0, 16}
+
+
+def test_regions_are_prompted_and_scored_as_unions_of_labels(tmp_path):
+    root = make_2d_dataset(tmp_path / "Dataset990_Toy2D")
+    regions = parse_regions(["organs=liver,2", "liver=1"], {"liver": 1, "spleen": 2})
+    assert regions == {"organs": (1, 2), "liver": (1,)}
+    sessions = []
+    summary = evaluate_dataset(root, "box", "fake", out_dir=tmp_path / "box", session_factory=factory("perfect", sessions),
+                               progress=False, regions=regions)
+    assert summary["regions"] == {"organs": [1, 2], "liver": [1]}
+    assert summary["overall"]["box"]["dice"] == 1.0 and not summary["composed_overall"]  # regions overlap
+    first_box = sessions[0].calls[0][2].box_rc
+    assert first_box == (5.0, 5.0, 34.0, 44.0)  # the box around liver and spleen together
+    assert "organs = {1, 2}" in (tmp_path / "box" / "report.md").read_text()
+    clicks = evaluate_dataset(root, "clicks", "fake", out_dir=tmp_path / "c", session_factory=factory("half"),
+                              progress=False, regions={"organs": (1, 2)})
+    assert clicks["per_label"]["clicks_1"]["organs"]["dice"] < 1.0 == clicks["per_label"]["clicks_5"]["organs"]["dice"]
+    with pytest.raises(InputError, match="box and clicks"):
+        evaluate_dataset(root, "auto", "fake", out_dir=tmp_path / "a", session_factory=factory(), regions=regions)
+
+
+@pytest.mark.parametrize("item,message", [("organs", "NAME=LABEL"), ("=1", "NAME=LABEL"), ("x=", "NAME=LABEL"),
+                                          ("x=liver,kidney", "'kidney' is not a label"), ("x=7", "'7' is not")])
+def test_bad_regions_are_refused(item, message):
+    with pytest.raises(InputError, match=message):
+        parse_regions([item], {"liver": 1, "spleen": 2})
