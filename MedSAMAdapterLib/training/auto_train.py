@@ -67,7 +67,9 @@ class AutoTrainConfig:
     ``store_dtype`` float16 halves the saved file. ``init_from_base`` (ViT head): start from the base model's mask
     decoder weights. ``single_component``: class names / values (or ``all``) kept to their largest 3D component at
     inference and validation. ``augment``: randomly transformed copies of each training case (``augment.py``),
-    embedded once like the originals.
+    embedded once like the originals. ``ema``: decay of an exponential moving average of the head's weights
+    (per step, e.g. 0.99; 0 = off); the average is what is validated and saved, which damps the epoch-to-epoch
+    swings of few-shot runs.
     """
 
     head: str = "vit"
@@ -96,6 +98,7 @@ class AutoTrainConfig:
     store_dtype: str = "float32"
     single_component: tuple[str, ...] = ()
     augment: int = 0
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         from ..models.auto_heads import HEAD_TYPES
@@ -107,6 +110,8 @@ class AutoTrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.augment) < 0:
             raise InputError(f"augment must be >= 0, got {self.augment}")
+        if not 0.0 <= float(self.ema) < 1.0:
+            raise InputError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         self.single_component = tuple(str(v) for v in self.single_component)
         if self.lr is not None and not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr}")
@@ -397,6 +402,12 @@ def train_auto(
     if cfg.head == "vit" and cfg.init_from_base:
         stats["initialised_from_base"] = len(head.init_from_base(model, seed=cfg.seed))
     head.to(device)
+    averaged = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(head, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    scored_head = averaged.module if averaged is not None else head  # what is validated and saved
     stats["parameters"] = sum(p.numel() for p in head.parameters())
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
@@ -414,7 +425,8 @@ def train_auto(
         "planes": {"train": len(train), "val": stats["val_planes"]}}
 
     def bundle() -> AutoModel:
-        return AutoModel(head, base_name, base_sha, classes, fingerprint, cfg.intensity, orientation=orientation)
+        return AutoModel(scored_head, base_name, base_sha, classes, fingerprint, cfg.intensity,
+                         orientation=orientation)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -438,6 +450,8 @@ def train_auto(
                 torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(head)
             losses.append(float(loss.detach()))
             emit("step", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=losses[-1],
                  lr=scheduler.get_last_lr()[0])
@@ -446,7 +460,7 @@ def train_auto(
                                  "seconds_per_plane": (time.perf_counter() - t0) / len(train)}
         if val is not None and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             t1 = time.perf_counter()
-            metrics = dice_per_class(predict_cases(head, val, classes=classes), val.class_maps, names)
+            metrics = dice_per_class(predict_cases(scored_head, val, classes=classes), val.class_maps, names)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
             entry["val_seconds"] = time.perf_counter() - t1
             emit("validation", epoch=epoch, metrics=metrics)

@@ -68,6 +68,9 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--vit-depth", type=int, help="two-way transformer layers of the ViT head (default: 2, as SAM)")
     t.add_argument("--no-base-init", action="store_true", help="ViT head: random init instead of the base decoder")
     t.add_argument("--embedding-dropout", type=float, default=0.0, help="channel dropout on the embeddings")
+    t.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="2D heads: validate and save an exponential moving average of the weights (e.g. 0.99 "
+                        "per step; default 0 = off)")
     t.add_argument("--single-component", action="append", default=[], metavar="all|NAME|VALUE[,...]",
                    help="classes that are one connected object: predictions keep only their largest 3D component "
                         "(validation and inference; stored in the model card). Not for merged multi-part labels")
@@ -117,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size or 4,
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_on_disk=not args.no_cache,
         init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype,
+        ema=args.ema,
         single_component=tuple(comma_items(args.single_component) or ()), augment=args.augment)
 
 

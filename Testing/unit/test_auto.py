@@ -425,3 +425,22 @@ def test_every_trainer_cli_takes_the_same_split_flags(command, dataset, tmp_path
              "distill": [str(tmp_path / "teacher"), "--data", str(dataset), "-o", str(tmp_path / "s")]}[command]
     assert main([command, *first, "--val-fraction", "1.5", "--train-cases", "patient000"]) == 2
     assert "validation fraction must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_ema_saves_the_moving_average_of_the_weights(dataset, tmp_path, tiny):
+    split = build_auto_split(dataset, split=SplitOptions(val_patients=1))
+    planes = sum(c.slice_count for c in split.train)
+    common = dict(head="linear", head_options=TINY_OPTIONS["linear"], batch_size=planes, device="cpu",
+                  warmup_epochs=0, min_lr_ratio=1.0, lr=3e-2)  # one step per epoch, constant learning rate
+    # decay ~1: the average stays at the weights after the first step (its first update copies them)
+    slow = train_auto(AutoTrainConfig(epochs=3, ema=0.999999, **common), split.train, None, tmp_path / "a",
+                      split.labels, model=tiny)
+    one_step = train_auto(AutoTrainConfig(epochs=1, **common), split.train, None, tmp_path / "b", split.labels,
+                          model=tiny)
+    raw = train_auto(AutoTrainConfig(epochs=3, **common), split.train, None, tmp_path / "c", split.labels, model=tiny)
+    for name, value in slow.model.head.state_dict().items():
+        assert torch.allclose(value, one_step.model.head.state_dict()[name], atol=1e-5)
+    assert any(not torch.allclose(v, raw.model.head.state_dict()[k], atol=1e-4)
+               for k, v in slow.model.head.state_dict().items())
+    with pytest.raises(InputError, match="ema"):
+        AutoTrainConfig(ema=1.0)
