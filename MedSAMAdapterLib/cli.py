@@ -308,12 +308,11 @@ def write_outputs(session, output: Path, overlay: Path | None, axis: int) -> Pat
 
 
 def run_evaluate(args) -> int:
-    from .evaluation.protocols import evaluate_dataset, parse_regions
+    from .data.nnunet import open_dataset, parse_regions
+    from .evaluation.protocols import evaluate_dataset
 
     regions = None
     if args.region:
-        from .data.nnunet import open_dataset
-
         regions = parse_regions(args.region, open_dataset(args.dataset).labels)
     summary = evaluate_dataset(
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -233,3 +233,23 @@ def _dimensionality(meta: dict[str, Any], root: Path, ending: str, cases: list[s
         raise InputError(f"cannot read the header of {reader.GetFileName()}: {exc}") from None
     size = reader.GetSize()
     return "2D" if len(size) == 2 or (len(size) >= 3 and size[2] == 1) else "3D"
+
+
+def parse_regions(items: Sequence[str], labels: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """``NAME=A,B,...`` items (A, B: label values or names of ``labels``) -> {name: sorted label values}."""
+    regions: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, members = str(item).partition("=")
+        if not sep or not name.strip() or not members.strip():
+            raise InputError(f"a region is NAME=LABEL[,LABEL...] (e.g. optic_disc=1,2), got {item!r}")
+        values = set()
+        for member in (m.strip() for m in members.split(",") if m.strip()):
+            if member.isdigit() and int(member) in labels.values():
+                values.add(int(member))
+            elif member in labels:
+                values.add(int(labels[member]))
+            else:
+                raise InputError(f"region {name.strip()!r}: {member!r} is not a label of the dataset "
+                                 f"({', '.join(f'{n}={v}' for n, v in labels.items())})")
+        regions[name.strip()] = tuple(sorted(values))
+    return regions

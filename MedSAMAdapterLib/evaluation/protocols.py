@@ -83,26 +83,6 @@ class Targets:
         return {name: self.code(name) for name in self.values}
 
 
-def parse_regions(items: Sequence[str], labels: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
-    """``NAME=A,B,...`` items (A, B: label values or names of ``labels``) -> {name: sorted label values}."""
-    regions: dict[str, tuple[int, ...]] = {}
-    for item in items:
-        name, sep, members = str(item).partition("=")
-        if not sep or not name.strip() or not members.strip():
-            raise InputError(f"a region is NAME=LABEL[,LABEL...] (e.g. optic_disc=1,2), got {item!r}")
-        values = set()
-        for member in (m.strip() for m in members.split(",") if m.strip()):
-            if member.isdigit() and int(member) in labels.values():
-                values.add(int(member))
-            elif member in labels:
-                values.add(int(labels[member]))
-            else:
-                raise InputError(f"region {name.strip()!r}: {member!r} is not a label of the dataset "
-                                 f"({', '.join(f'{n}={v}' for n, v in labels.items())})")
-        regions[name.strip()] = tuple(sorted(values))
-    return regions
-
-
 def level_names(protocol: str) -> list[str]:
     """Keys of the metric sets each case gets: ``["box"]``, ``["auto"]`` or ``["clicks_1", "clicks_3", "clicks_5"]``."""
     _check_protocol(protocol)
@@ -130,7 +110,7 @@ def evaluate_dataset(
 
     ``out_dir`` defaults to ``runs/eval/<dataset>-<protocol>-<model>``. ``session_factory`` (volume -> session)
     replaces model loading, e.g. in tests. ``regions``: score unions of labels instead of the labels (see the
-    module docstring; ``parse_regions`` reads ``NAME=A,B`` text). Returns the summary dict (NaN where JSON has null).
+    module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). Returns the summary dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
 

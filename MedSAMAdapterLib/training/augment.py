@@ -69,7 +69,7 @@ def augment_case(case: TrainingCase, rng: np.random.Generator, intensity: str = 
     warped = _random_gamma(warped, rng, settings.gamma) + floor
     volume = Volume(warped, case.volume.geometry, case.volume.source)
     return make_case(case_id or f"{case.case_id}_aug", volume, labels, case.label_values, case.dataset, intensity,
-                     case.label_names)
+                     case.label_names, case.regions)
 
 
 def _random_gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float]) -> np.ndarray:

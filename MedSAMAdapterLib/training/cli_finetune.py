@@ -43,6 +43,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--labels", action="append", default=[], metavar="NAME|VALUE[,...]",
                    help="train only these labels (names or values; comma-separated or repeated); default all")
+    p.add_argument("--region", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
+                   help="train on a union of labels instead of the labels (repeatable; as `evaluate --region`), "
+                        "e.g. --region optic_disc=1,2 --region optic_cup=2")
     add_split_options(p)
     p.add_argument("--val-slices", type=int, default=32, help="validation planes (fixed subset; default: 32)")
     p.add_argument("--patience", type=int, default=5, help="early stop after N epochs without improvement (0: off)")
@@ -126,7 +129,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     config = config_from_args(args)
     split = build_nnunet_split(args.datasets, SplitOptions.from_args(args), args.max_cases,
-                               comma_items(args.labels), config.intensity)
+                               comma_items(args.labels), config.intensity, regions=args.region)
     trainer = Trainer(config, split.train, split.val, args.out, data_description=split.description)
     display = RichProgress()
     with display:

@@ -6,7 +6,8 @@ window for CT, 0.5-99.5 percentiles otherwise; RGB pictures min-max jointly), ex
 into axial planes (numpy axis 0, constant k).
 
 A sample is one plane and one *binary* target: a label chosen at random among the training labels present on that
-plane (``target = label_plane == label``). Two kinds of samples:
+plane (``target = label_plane == label``), or, with ``regions``, a region (a union of label values, e.g. the whole
+optic disc = rim + cup) present there (``target = isin(label_plane, region)``). Two kinds of samples:
 
 - ``foreground`` (``foreground_fraction``, default 80 %): a plane containing at least one training label.
 - ``edge`` (the rest, 3D only): a plane *without* label L lying within ``edge_margin`` planes of the end of L,
@@ -43,6 +44,8 @@ class TrainingCase:
 
     ``volume`` keeps the raw intensities (the embedding cache hashes them); ``display`` is the whole-volume
     [0, 255] version fed to ``prepare_slice``; ``presence[label]`` says on which planes (axis 0) a label occurs.
+    ``regions`` (optional) makes the training targets unions of label values: ``label_values`` are then region
+    ids (keys of ``regions``) and ``label_names`` their names.
     """
 
     case_id: str
@@ -53,6 +56,12 @@ class TrainingCase:
     dataset: str = ""
     label_names: dict[int, str] = field(default_factory=dict)
     presence: dict[int, np.ndarray] = field(default_factory=dict)
+    regions: dict[int, tuple[int, ...]] = field(default_factory=dict)
+
+    def target(self, label_map: np.ndarray, label: int) -> np.ndarray:
+        """Binary mask of training target ``label`` (a label value, or a region id) in a plane or label map."""
+        values = self.regions.get(label)
+        return label_map == label if values is None else np.isin(label_map, values)
 
     @property
     def slice_count(self) -> int:
@@ -80,9 +89,9 @@ class TrainingCase:
         if mapping is None:
             return self
         labels = np.ascontiguousarray(mapping.apply(self.labels))
-        presence = {v: np.asarray((labels == v).any(axis=(1, 2))) for v in self.label_values}
+        presence = {v: np.asarray(self.target(labels, v).any(axis=(1, 2))) for v in self.label_values}
         return TrainingCase(self.case_id, volume, np.ascontiguousarray(mapping.apply(self.display)), labels,
-                            self.label_values, self.dataset, dict(self.label_names), presence)
+                            self.label_values, self.dataset, dict(self.label_names), presence, dict(self.regions))
 
 
 def common_orientation(cases: Sequence[TrainingCase]) -> str | None:
@@ -131,11 +140,14 @@ def make_case(
     dataset: str = "",
     intensity: IntensityPolicy | str = "auto",
     label_names: dict[int, str] | None = None,
+    regions: dict[int, tuple[int, ...]] | None = None,
 ) -> TrainingCase:
     """A :class:`TrainingCase` from an image (``Volume``, or an array (k, j, i) / (H, W) grey) and a label map.
 
-    ``labels``: the label values to train on (default: every non-zero value in the map). RGB pictures must come
-    as a ``Volume`` with ``is_rgb`` (an (H, W, 3) array would be ambiguous with a 3-slice volume).
+    ``labels``: the label values to train on (default: every non-zero value in the map). ``regions``: {region id:
+    label values} to train on unions instead (``labels`` then selects region ids; ``label_names`` names them).
+    RGB pictures must come as a ``Volume`` with ``is_rgb`` (an (H, W, 3) array would be ambiguous with a 3-slice
+    volume).
     """
     volume = image if isinstance(image, Volume) else Volume(np.asarray(image, np.float32))
     volume.validate()
@@ -149,12 +161,15 @@ def make_case(
         if not np.all(label_map == np.round(label_map)):
             raise InputError(f"case {case_id}: the label map holds non-integer values")
         label_map = label_map.astype(np.int32)
-    present = set(np.unique(label_map).tolist()) - {0}
+    values = set(np.unique(label_map).tolist()) - {0}
+    regions = {int(r): tuple(int(v) for v in vs) for r, vs in (regions or {}).items()}
+    present = {r for r, vs in regions.items() if values & set(vs)} if regions else values
     wanted = sorted(present if labels is None else (set(int(v) for v in labels) & present))
     display = volume_to_display_range(volume.array, intensity, is_rgb=volume.is_rgb)
-    presence = {v: np.asarray((label_map == v).any(axis=(1, 2))) for v in wanted}
-    return TrainingCase(case_id, volume, display, label_map, tuple(wanted), dataset,
-                        dict(label_names or {}), presence)
+    case = TrainingCase(case_id, volume, display, label_map, tuple(wanted), dataset, dict(label_names or {}),
+                        regions=regions)
+    case.presence = {v: np.asarray(case.target(label_map, v).any(axis=(1, 2))) for v in wanted}
+    return case
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -245,8 +260,9 @@ class SliceDataset(torch.utils.data.Dataset):
                     prompt_slice: int | None = None) -> SliceSample:
         case = self.cases[case_index]
         label_plane = case.label_plane(slice_index)
-        prompt_mask = None if prompt_slice is None else case.label_plane(prompt_slice) == label
-        return SliceSample(case.plane(slice_index), label_plane, label_plane == label, int(label), case.case_id,
+        prompt_mask = None if prompt_slice is None else case.target(case.label_plane(prompt_slice), label)
+        return SliceSample(case.plane(slice_index), label_plane, case.target(label_plane, label), int(label),
+                           case.case_id,
                            int(slice_index), case.dataset, case_index, kind, prompt_mask)
 
     # --- planes the trainer needs -----------------------------------------------------------------------
@@ -280,7 +296,7 @@ class SliceDataset(torch.utils.data.Dataset):
         for ci, case in enumerate(self.cases):
             for label in case.label_values:
                 planes = np.flatnonzero(case.presence[label])
-                areas = [int((case.label_plane(s) == label).sum()) for s in planes]
+                areas = [int(case.target(case.label_plane(s), label).sum()) for s in planes]
                 best = int(planes[int(np.argmax(areas))])
                 largest.append((ci, best, label))
                 rest += [(ci, int(s), label) for s in planes if s != best]
@@ -340,16 +356,49 @@ def resolve_labels(dataset: Any, wanted: Sequence[str | int] | None) -> dict[int
     return dict(sorted(chosen.items()))
 
 
+class RegionMatcher:
+    """Applies ``NAME=LABEL,...`` region items to datasets one by one: each dataset gets the regions whose labels
+    it has; :meth:`check` refuses items that matched no dataset (with the reason)."""
+
+    def __init__(self, items: Sequence[str]) -> None:
+        self.items = list(items)
+        self.unmatched: dict[str, str] = {item: "" for item in self.items}  # item -> why no dataset took it
+
+    def labels_of(self, labels: dict[str, int]) -> tuple[dict[int, str], dict[int, tuple[int, ...]] | None]:
+        """({region id: name}, {region id: label values}) for a dataset's ``labels``; ({}, None) when none apply."""
+        from ..data.nnunet import parse_regions
+
+        parsed: dict[str, tuple[int, ...]] = {}
+        for item in self.items:
+            try:
+                parsed.update(parse_regions([item], labels))
+            except InputError as error:
+                if item in self.unmatched:
+                    self.unmatched[item] = str(error)
+                continue
+            self.unmatched.pop(item, None)
+        if not parsed:
+            return {}, None
+        names = dict(enumerate(parsed, start=1))
+        return names, {i: parsed[n] for i, n in names.items()}
+
+    def check(self) -> None:
+        if self.unmatched:
+            raise InputError("no dataset has the labels of: " + "; ".join(r or i for i, r in self.unmatched.items()))
+
+
 def load_nnunet_cases(dataset: Any, cases: Sequence[str], labels: dict[int, str] | None = None,
-                      intensity: IntensityPolicy | str = "auto", channel: int = 0) -> list[TrainingCase]:
-    """Read ``cases`` of an opened nnU-Net dataset (``data.nnunet.open_dataset``) as training cases."""
+                      intensity: IntensityPolicy | str = "auto", channel: int = 0,
+                      regions: dict[int, tuple[int, ...]] | None = None) -> list[TrainingCase]:
+    """Read ``cases`` of an opened nnU-Net dataset (``data.nnunet.open_dataset``) as training cases
+    (``regions``: {region id: label values}, with ``labels`` = {region id: name})."""
     from ..data.nnunet import read_case
 
     labels = labels if labels is not None else {v: n for n, v in dataset.labels.items()}
     out = []
     for case in cases:
         image, label_map = read_case(dataset, case, channel)
-        out.append(make_case(case, image, label_map, labels.keys(), dataset.name, intensity, labels))
+        out.append(make_case(case, image, label_map, labels.keys(), dataset.name, intensity, labels, regions))
     return out
 
 
@@ -455,24 +504,34 @@ def build_nnunet_split(
     intensity: IntensityPolicy | str = "auto",
     foreground_fraction: float = 0.8,
     edge_margin: int = 2,
+    regions: Sequence[str] | None = None,
 ) -> DataSplit:
     """Open nnU-Net raw folders, split each by patient (``choose_split``: ``split`` applies to every folder),
     read the cases.
 
     ``max_cases`` caps the cases per dataset (a seeded random subset, so it is not all 'benign_*' of BUSI);
     ``labels`` selects labels by name or value in every dataset that has them (unknown everywhere -> error).
+    ``regions``: ``NAME=LABEL,...`` items (``data.nnunet.parse_regions``, the syntax of ``evaluate --region``):
+    train on these unions of labels instead (e.g. ``optic_disc=optic_disc_rim,optic_cup``). Each dataset takes
+    the regions whose labels it has (give labels by name when training on several datasets) and keeps its own
+    labels when it has none of them; a region no dataset has is an error.
     """
     from ..data.nnunet import open_dataset
 
     if not roots:
         raise InputError("give at least one nnU-Net dataset folder")
+    if regions and labels:
+        raise InputError("give labels or regions, not both")
     train_list: list[TrainingCase] = []
     val_list: list[TrainingCase] = []
     described = []
     matched_any = False
+    unmatched = RegionMatcher(regions or ())
     for root in roots:
         dataset = open_dataset(root)
-        chosen = resolve_labels(dataset, labels)
+        chosen, region_values = unmatched.labels_of(dataset.labels)
+        if region_values is None:
+            chosen = resolve_labels(dataset, labels)
         if not chosen:
             described.append({"name": dataset.name, "skipped": "none of the requested labels"})
             continue
@@ -482,15 +541,17 @@ def build_nnunet_split(
             order = np.random.default_rng(split.seed).permutation(len(names))[:max_cases]
             names = sorted(names[i] for i in order)
         tr, va = choose_split(names, split)
-        train_list += load_nnunet_cases(dataset, tr, chosen, intensity)
-        val_list += load_nnunet_cases(dataset, va, chosen, intensity)
+        train_list += load_nnunet_cases(dataset, tr, chosen, intensity, regions=region_values)
+        val_list += load_nnunet_cases(dataset, va, chosen, intensity, regions=region_values)
         described.append({
             "name": dataset.name, "root": str(Path(root).resolve()), "dimensionality": dataset.dimensionality,
             "labels": {str(v): n for v, n in chosen.items()}, "train_cases": tr, "val_cases": va,
+            **({"regions": {chosen[i]: list(v) for i, v in region_values.items()}} if region_values else {}),
             "licence": dataset.metadata.get("licence"),
         })
     if not matched_any:
         raise InputError(f"none of the labels {list(labels or [])} exists in the given datasets")
+    unmatched.check()
     train = SliceDataset(train_list, split.seed, foreground_fraction, edge_margin, name="training")
     val = SliceDataset(val_list, split.seed, 1.0, 0, name="validation") if _any_label(val_list) else None
     description = {

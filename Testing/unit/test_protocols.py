@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 
 from MedSAMAdapterLib.errors import InputError, PromptError
-from MedSAMAdapterLib.evaluation.protocols import (evaluate_dataset, largest_slice, level_names, parse_regions,
-                                                   pick_examples)
+from MedSAMAdapterLib.data.nnunet import parse_regions
+from MedSAMAdapterLib.evaluation.protocols import evaluate_dataset, largest_slice, level_names, pick_examples
 
 LABELS = {"background": 0, "liver": 1, "spleen": 2}
 REGIONS = {"organs": (1, 2)}  # what FakeSession answers for a segment named after a region

@@ -445,3 +445,42 @@ def test_cli_finetune_runs_and_guards_the_run_folder(data_dirs, tmp_path, monkey
     assert run_finetune(parser.parse_args(argv + ["--resume", "--epochs", "2"])) == 0
     history = json.loads((tmp_path / "run" / "history.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_regions_train_on_unions_of_labels(data_dirs):
+    d2, d3 = data_dirs
+    split = build_nnunet_split([d2], SplitOptions(0.34), regions=["both=disk,square", "square_only=2"])
+    case = split.train.cases[0]
+    assert case.regions == {1: (1, 2), 2: (2,)} and case.label_names == {1: "both", 2: "square_only"}
+    assert split.description["datasets"][0]["regions"] == {"both": [1, 2], "square_only": [2]}
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for _ in range(20):
+        sample = split.train.sample(rng)
+        union = np.isin(sample.label_plane, (1, 2) if sample.label == 1 else (2,))
+        assert np.array_equal(sample.target, union) and sample.target.any()
+        kinds.add(sample.label)
+    assert kinds == {1, 2}
+    largest = split.val.validation_items(None)
+    assert {s.label for s in largest} == {1, 2} and all(s.target.any() for s in largest)
+    labels3d = np.zeros((3, 8, 8), np.uint8)
+    labels3d[1, 2:5, 2:5], labels3d[1, 5:7, 5:7] = 1, 2
+    volume = make_case("v", np.random.default_rng(0).random((3, 8, 8)), labels3d, regions={1: (1, 2)})
+    moved = volume.reoriented("RAS")
+    assert moved.regions == {1: (1, 2)} and moved.presence[1].tolist() == [False, True, False]
+    assert int(moved.target(moved.labels, 1).sum()) == 13
+    with pytest.raises(InputError, match="labels or regions"):
+        build_nnunet_split([d2], labels=["disk"], regions=["both=1,2"])
+    with pytest.raises(InputError, match="'ball' is not a label"):
+        build_nnunet_split([d2], regions=["x=ball"])
+    both = build_nnunet_split([d2, d3], SplitOptions(0.34), regions=["both=disk,square"])
+    by_dataset = {c.dataset: c for c in both.train.cases}
+    assert by_dataset[d2.name].regions == {1: (1, 2)}  # the 2D set takes the region
+    assert by_dataset[d3.name].regions == {} and by_dataset[d3.name].label_values == (1,)  # the 3D set keeps 'ball'
+
+
+def test_finetune_cli_passes_regions_through(data_dirs, tmp_path, capsys):
+    from MedSAMAdapterLib.cli import main
+
+    assert main(["finetune", str(data_dirs[0]), "--out", str(tmp_path / "run"), "--region", "x=ball"]) == 2
+    assert "'ball' is not a label" in capsys.readouterr().err

@@ -17,24 +17,32 @@ from pathlib import Path
 import numpy as np
 
 from MedSAMAdapterLib.engine.volume import Volume
-from MedSAMAdapterLib.training.datasets import SliceDataset, TrainingCase, make_case
+from MedSAMAdapterLib.training.datasets import RegionMatcher, SliceDataset, TrainingCase, make_case
 
 
-def read_packed(path: Path, intensity: str, wanted: set[str] | None = None) -> tuple[list, list, dict]:
-    """(train cases, val cases, per-dataset meta) of a packed file; ``wanted``: dataset names to keep."""
+def read_packed(path: Path, intensity: str, wanted: set[str] | None = None,
+                regions: list[str] | None = None) -> tuple[list, list, dict]:
+    """(train cases, val cases, per-dataset meta) of a packed file; ``wanted``: dataset names to keep;
+    ``regions``: ``finetune --region`` items, each applied to the datasets that have its labels."""
     data = np.load(path)
     meta = json.loads(bytes(data["meta"]).decode())
     train: list[TrainingCase] = []
     val: list[TrainingCase] = []
+    matcher = RegionMatcher(regions or ())
     for d in meta["datasets"]:
         if wanted and d["name"] not in wanted:
             continue
         names = {int(v): n for v, n in d["labels"].items()}
+        region_names, region_values = matcher.labels_of({n: v for v, n in names.items()})
+        if region_values is not None:
+            names, d["regions"] = region_names, {region_names[i]: list(v) for i, v in region_values.items()}
         for case in d["train_cases"] + d["val_cases"]:
             key = f"{d['name']}/{case}"
             volume = Volume(data[key + "/image"].astype(np.float32), is_rgb=bool(data[key + "/rgb"]), source=case)
-            made = make_case(case, volume, data[key + "/labels"], names.keys(), d["name"], intensity, names)
+            made = make_case(case, volume, data[key + "/labels"], names.keys(), d["name"], intensity, names,
+                             region_values)
             (train if case in d["train_cases"] else val).append(made)
+    matcher.check()
     return train, val, meta
 
 
@@ -43,7 +51,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from MedSAMAdapterLib.training.trainer import Trainer
 
     config = config_from_args(args)
-    train, val, meta = read_packed(args.datasets[0], config.intensity)
+    train, val, meta = read_packed(args.datasets[0], config.intensity, regions=args.region)
     train_set = SliceDataset(train, args.seed, 0.8, 2, name="training")
     val_set = SliceDataset(val, args.seed, 1.0, 0, name="validation")
     description = {"source": "packed nnunet (scripts/gpu/pack_cases.py)", "datasets": meta["datasets"],
