@@ -41,7 +41,10 @@ def join_coordinate_values(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(join_coordinate_values(sys.argv[1:] if argv is None else argv))
+    from .training.cli_finetune import route_autosam_recipes
+
+    argv = route_autosam_recipes(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(join_coordinate_values(argv))
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

@@ -14,9 +14,26 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import InputError
+
+
+AUTOSAM_RECIPES = {"autosam-vit": "vit", "autosam-cnn": "cnn", "autosam-linear": "linear"}
+
+
+def route_autosam_recipes(argv: Sequence[str]) -> list[str]:
+    """``finetune DATASET --recipe autosam-vit|autosam-cnn|autosam-linear ...`` is ``train-auto DATASET --head
+    vit|cnn|linear ...``: the same prompt-free head trainer, with all of train-auto's options."""
+    out = list(argv)
+    if not out or out[0] != "finetune":
+        return out
+    for i, arg in enumerate(out):
+        recipe = out[i + 1] if arg == "--recipe" and i + 1 < len(out) else arg.partition("=")[2]
+        if (arg == "--recipe" or arg.startswith("--recipe=")) and recipe in AUTOSAM_RECIPES:
+            out[i: i + (2 if arg == "--recipe" else 1)] = ["--head", AUTOSAM_RECIPES[recipe]]
+            return ["train-auto", *out[1:]]
+    return out
 
 
 def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,10 +47,11 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "(model card), last.pt (resume state), report.md, training_curve.png, history.json.")
     p.add_argument("datasets", nargs="+", type=Path, metavar="DATASET_DIR", help="nnU-Net raw dataset folder(s)")
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--recipe", choices=RECIPES, default="decoder",
+    p.add_argument("--recipe", choices=(*RECIPES, *AUTOSAM_RECIPES), default="decoder",
                    help="decoder: decoder adapters + HyP-Adpt on cached embeddings (fast on CPU); medsa: Med-SA "
                         "encoder adapters + decoder; medsa-3d: + SD-Trans depth adapters (3D data); lora: encoder "
-                        "LoRA + decoder (default: %(default)s)")
+                        "LoRA + decoder; autosam-vit|autosam-cnn|autosam-linear: a prompt-free AutoSAM head, run "
+                        "as `train-auto --head vit|cnn|linear` (see its --help) (default: %(default)s)")
     p.add_argument("--model", default="litemedsam", help="base model from `medsam-adapter info` (default: %(default)s)")
     p.add_argument("--weights", type=Path, help="explicit base weights file")
     p.add_argument("--epochs", type=int, default=10)

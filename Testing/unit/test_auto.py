@@ -444,3 +444,19 @@ def test_ema_saves_the_moving_average_of_the_weights(dataset, tmp_path, tiny):
                for k, v in slow.model.head.state_dict().items())
     with pytest.raises(InputError, match="ema"):
         AutoTrainConfig(ema=1.0)
+
+
+def test_finetune_autosam_recipes_run_the_head_trainer(dataset, tmp_path, tiny, monkeypatch):
+    from MedSAMAdapterLib.cli import main
+    from MedSAMAdapterLib.models import registry
+    from MedSAMAdapterLib.training.cli_finetune import route_autosam_recipes
+
+    assert route_autosam_recipes(["finetune", "D", "--recipe=autosam-cnn", "--out", "R"]) == \
+        ["train-auto", "D", "--head", "cnn", "--out", "R"]
+    assert route_autosam_recipes(["finetune", "D", "--recipe", "medsa"]) == ["finetune", "D", "--recipe", "medsa"]
+    assert route_autosam_recipes(["auto", "--recipe", "autosam-vit"]) == ["auto", "--recipe", "autosam-vit"]
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: tiny)
+    assert main(["finetune", str(dataset), "--recipe", "autosam-linear", "--epochs", "1", "--val-patients", "1",
+                 "--out", str(tmp_path / "run"), "--model", "tiny-test", "--device", "cpu"]) == 0
+    card = json.loads((tmp_path / "run" / "auto_model.json").read_text())
+    assert card["head"]["type"] == "linear" and card["format"] == "medsam-adapter/auto-head"
