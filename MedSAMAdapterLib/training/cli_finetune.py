@@ -54,6 +54,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "as `train-auto --head vit|cnn|linear` (see its --help) (default: %(default)s)")
     p.add_argument("--model", default="litemedsam", help="base model from `medsam-adapter info` (default: %(default)s)")
     p.add_argument("--weights", type=Path, help="explicit base weights file")
+    p.add_argument("--init-adapter", metavar="FILE|default",
+                   help="start from this adapter (`default`: the model's shipped click adapter) instead of a fresh "
+                        "one; --recipe decides what trains (decoder: its decoder side, on cached embeddings)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=4, help="planes per step (SD-Trans chunks for medsa-3d)")
@@ -121,7 +124,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cache_dir=str(args.cache_dir) if args.cache_dir else None, depth_chunk=args.depth_chunk,
         prompt=PromptPolicy.parse(args.prompts), val_slices=args.val_slices, patience=args.patience or None,
         select_metric=args.select_metric, intensity=args.intensity,
+        init_adapter=_init_adapter(args.model, args.init_adapter),
     )
+
+
+def _init_adapter(model: str, choice: str | None) -> str | None:
+    """``--init-adapter``: a file, ``default`` (the model's shipped adapter), or nothing (a fresh surgery)."""
+    if choice is None:
+        return None
+    from ..models.loading import resolve_adapter
+
+    path = resolve_adapter(model, None if choice == "default" else choice)
+    if path is None:
+        raise InputError(f"model {model!r} ships no default adapter; give an adapter file to --init-adapter")
+    return str(path)
 
 
 def comma_items(items: list[str]) -> list[str] | None:

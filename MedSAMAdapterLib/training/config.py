@@ -23,6 +23,9 @@ class TrainConfig:
     ``peft``: extra :class:`~MedSAMAdapterLib.models.peft.PeftConfig` fields (``adapter_ratio``, ``lora_rank``...).
     ``cache_dir`` None = ``engine.cache.default_cache_dir() / "embeddings"`` (shared with interactive sessions);
     ``cache_on_disk`` False keeps cached embeddings in memory only (``cache_memory_bytes`` must then hold them).
+    ``init_adapter``: an adapter file to start from instead of a fresh surgery (e.g. the shipped click adapter, so
+    a few-shot run keeps working clicks). Its surgery is kept; ``recipe`` decides what trains (``decoder`` on a
+    ``medsa`` adapter trains its decoder side on cached embeddings of its frozen adapted encoder).
     """
 
     recipe: str = "decoder"
@@ -55,6 +58,7 @@ class TrainConfig:
     patience: int | None = 5
     select_metric: str = "mean"
     intensity: str = "auto"
+    init_adapter: str | None = None
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:

@@ -67,7 +67,8 @@ ADAPTER_STEM = "best_adapter"
 STATE_FORMAT = "medsam-adapter/train-state"
 STATE_VERSION = 1
 #: Settings that must not change when a run is resumed (they change what the saved tensors mean).
-RESUME_FIXED = ("recipe", "model", "weights", "seed", "batch_size", "steps_per_epoch", "depth_chunk", "peft")
+RESUME_FIXED = ("recipe", "model", "weights", "seed", "batch_size", "steps_per_epoch", "depth_chunk", "peft",
+                "init_adapter")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -210,11 +211,16 @@ class Trainer:
             model = load_model(cfg.model, weights=cfg.weights, device="cpu")
         if getattr(model, "peft_config", None) is not None:
             raise InputError("the model given to the Trainer already carries an adapter; give the base model")
-        peft = PeftConfig(recipe=cfg.recipe, **{"depth_chunk": cfg.depth_chunk if cfg.recipe == "medsa-3d" else None,
-                                                **cfg.peft})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)  # adapter initialisation (e.g. LoRA A, HyP generator) is seeded
-            apply_peft(model, peft)
+        if cfg.init_adapter:
+            from ..models.checkpoints import attach_adapter
+
+            attach_adapter(model, cfg.init_adapter)  # its surgery + tensors; a different base model is refused
+        else:
+            peft = PeftConfig(recipe=cfg.recipe, **{
+                "depth_chunk": cfg.depth_chunk if cfg.recipe == "medsa-3d" else None, **cfg.peft})
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # adapter initialisation (e.g. LoRA A, HyP generator) is seeded
+                apply_peft(model, peft)
         self.parameter_report = configure_trainable(model, cfg.recipe)
         model.to(self.device)
         from ..engine.embedder import encoder_is_frozen

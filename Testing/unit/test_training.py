@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from MedSAMAdapterLib.engine.preprocessing import SliceTransform, volume_to_display_range
-from MedSAMAdapterLib.errors import InputError
+from MedSAMAdapterLib.errors import InputError, WeightsError
 from MedSAMAdapterLib.models.checkpoints import load_adapter, read_card
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.training.datasets import SplitOptions, build_array_split, build_nnunet_split, make_case
@@ -484,3 +484,38 @@ def test_finetune_cli_passes_regions_through(data_dirs, tmp_path, capsys):
 
     assert main(["finetune", str(data_dirs[0]), "--out", str(tmp_path / "run"), "--region", "x=ball"]) == 2
     assert "'ball' is not a label" in capsys.readouterr().err
+
+
+def test_training_can_start_from_an_existing_adapter(data_dirs, tmp_path):
+    from safetensors.torch import load_file
+
+    d2, _ = data_dirs
+    split = build_nnunet_split([d2], SplitOptions(0.34, 0))
+    settings = dict(epochs=1, steps_per_epoch=2, batch_size=2, val_slices=2, baseline_validation=False)
+    first = Trainer(tiny_config(tmp_path, recipe="medsa", **settings), split.train, split.val, tmp_path / "medsa",
+                    model=build_tiny_test_model())
+    first.fit()
+    model = counting(build_tiny_test_model())
+    cfg = tiny_config(tmp_path, init_adapter=str(first.adapter_path), **settings)
+    second = Trainer(cfg, split.train, split.val, tmp_path / "decoder", model=model)
+    second.fit()
+    assert second.cached  # the adapted encoder stays frozen: its embeddings are computed once and cached
+    card = read_card(second.adapter_path)
+    assert (card["recipe"], card["trained_recipe"]) == ("medsa", "decoder")
+    assert card["config"]["init_adapter"] == str(first.adapter_path)
+    before, after = load_file(first.adapter_path), load_file(second.adapter_path)
+    assert before.keys() == after.keys()
+    encoder = [k for k in before if k.startswith("image_encoder.")]
+    decoder = [k for k in before if k.startswith("mask_decoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    with pytest.raises(WeightsError, match="sha256"):
+        Trainer(cfg, split.train, split.val, tmp_path / "other", model=build_tiny_test_model(seed=3)).fit()
+
+
+def test_finetune_cli_init_adapter_default_needs_a_shipped_adapter(data_dirs, tmp_path, capsys):
+    from MedSAMAdapterLib.cli import main
+
+    assert main(["finetune", str(data_dirs[0]), "--out", str(tmp_path / "run"), "--model", "tiny-test",
+                 "--init-adapter", "default"]) == 2
+    assert "ships no default adapter" in capsys.readouterr().err
