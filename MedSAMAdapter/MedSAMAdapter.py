@@ -402,9 +402,13 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Choose a folder for the fine-tuning run."))
         dataset = SceneController.export_training_case(parameterNode.inputVolume, parameterNode.segmentation,
                                                        runDir / "Dataset_Slicer")
+        adapter = str(parameterNode.adapterPath) if parameterNode.adapterPath else ""
+        start = SceneController.finetune_start_adapter(parameterNode.recipe, adapter if adapter not in ("", ".")
+                                                       else None)
         command = SceneController.finetune_command([dataset], runDir / "run", parameterNode.recipe,
                                                    parameterNode.epochs, model=parameterNode.model,
-                                                   device=parameterNode.device, python=self.pythonExecutable())
+                                                   device=parameterNode.device, python=self.pythonExecutable(),
+                                                   init_adapter=start)
         return command, runDir / "run"
 
     @staticmethod

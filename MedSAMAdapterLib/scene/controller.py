@@ -231,13 +231,26 @@ class SceneController:
     @staticmethod
     def finetune_command(dataset_dirs: Sequence[str | os.PathLike], run_dir: str | os.PathLike, recipe: str,
                          epochs: int, model: str = "litemedsam", device: str = "auto",
-                         python: str | None = None) -> list[str]:
-        """The ``medsam-adapter finetune`` command line, run in a background process by the module."""
+                         python: str | None = None, init_adapter: str | None = None) -> list[str]:
+        """The ``medsam-adapter finetune`` command line, run in a background process by the module
+        (``init_adapter``: see :meth:`finetune_start_adapter`)."""
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
         return [python or sys.executable, "-m", "MedSAMAdapterLib.cli", "finetune",
                 *[str(d) for d in dataset_dirs], "--out", str(run_dir), "--recipe", recipe,
-                "--epochs", str(int(epochs)), "--model", model, "--device", device]
+                "--epochs", str(int(epochs)), "--model", model, "--device", device,
+                *(["--init-adapter", str(init_adapter)] if init_adapter else [])]
+
+    @staticmethod
+    def finetune_start_adapter(recipe: str, adapter: str | None) -> str | None:
+        """What a panel's fine-tune run starts from. With the ``decoder`` recipe: the adapter the user segments
+        with (``default`` = the shipped click adapter when none is chosen), so clicks keep working after
+        training on a few cases; encoder recipes, and the plain base model (``none``), start a fresh adapter."""
+        from ..models.loading import NO_ADAPTER
+
+        if recipe != "decoder" or adapter == NO_ADAPTER:
+            return None
+        return adapter or "default"
 
     @staticmethod
     def training_progress(run_dir: str | os.PathLike) -> dict:

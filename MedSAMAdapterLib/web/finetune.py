@@ -70,8 +70,9 @@ def start_finetune(controller: SceneController, volume_node: Any, segmentation_n
     runs = work_dir / "runs"
     previous = [p for p in runs.glob("run*") if p.is_dir()] if runs.is_dir() else []
     run_dir = runs / f"run{len(previous) + 1:03d}"
+    start = controller.finetune_start_adapter(recipe, controller.settings.adapter)
     command = controller.finetune_command([dataset], run_dir, recipe, epochs, model=controller.settings.name,
-                                          python=sys.executable) + list(extra_args)
+                                          python=sys.executable, init_adapter=start) + list(extra_args)
     return FinetuneJob(command, run_dir, run_dir.parent / f"{run_dir.name}.log").start()
 
 

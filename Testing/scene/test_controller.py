@@ -90,6 +90,11 @@ def test_finetune_command_and_progress_file(setup, tmp_path):
     assert command[:4] == ["py", "-m", "MedSAMAdapterLib.cli", "finetune"] and "--epochs" in command
     with pytest.raises(InputError):
         SceneController.finetune_command([tmp_path], tmp_path / "run", "decoder", 0)
+    start = SceneController.finetune_start_adapter
+    assert start("decoder", None) == "default" and start("decoder", "my.safetensors") == "my.safetensors"
+    assert start("decoder", "none") is None and start("medsa", None) is None
+    command = SceneController.finetune_command([tmp_path / "d"], tmp_path / "run", "decoder", 3, init_adapter="default")
+    assert command[-2:] == ["--init-adapter", "default"]
     run = tmp_path / "run"
     assert SceneController.training_progress(run)["epoch"] == 0
     run.mkdir()

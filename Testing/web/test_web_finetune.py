@@ -44,15 +44,17 @@ def test_start_exports_the_case_and_runs_the_finetune_cli(tmp_path, monkeypatch)
     monkeypatch.setattr(FinetuneJob, "start", lambda self: started.append(self) or self)
 
     class Controller:
-        settings = type("S", (), {"name": "litemedsam"})()
+        settings = type("S", (), {"name": "litemedsam", "adapter": None})()
         export_training_case = staticmethod(lambda volume, seg, root: root.mkdir(parents=True) or root)
         finetune_command = staticmethod(SceneController.finetune_command)
+        finetune_start_adapter = staticmethod(SceneController.finetune_start_adapter)
 
     job = finetune.start_finetune(Controller(), "volume", "seg", tmp_path, "decoder", 3)
     assert started == [job] and job.run_dir == tmp_path / "runs" / "run001"
     assert job.command[1:4] == ["-m", "MedSAMAdapterLib.cli", "finetune"]
     assert str(tmp_path / "Dataset950_Web") in job.command and "--epochs" in job.command
     assert job.command[job.command.index("--recipe") + 1] == "decoder"
+    assert job.command[job.command.index("--init-adapter") + 1] == "default"  # clicks keep working
     with pytest.raises(InputError, match="recipe"):
         finetune.start_finetune(Controller(), "volume", "seg", tmp_path, "nope", 3)
     with pytest.raises(InputError, match="load a volume"):
