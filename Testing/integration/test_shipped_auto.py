@@ -60,3 +60,12 @@ def test_ct_model_reproduces_its_training_fit():
     from scipy import ndimage
 
     assert ndimage.label(labels == 5, np.ones((3, 3, 3)))[1] == 1  # one component after the clean-up
+    # The same CT stored the DICOM way (LPS: rows and columns flipped) is shown to the model as it was trained
+    # (RAS, the card's orientation), and the labels come back on the LPS grid.
+    from MedSAMAdapterLib.engine.geometry import Reorientation
+
+    as_lps = Reorientation.to_code(volume.geometry, volume.shape, "LPS")
+    flipped = Volume(np.ascontiguousarray(as_lps.apply(volume.array)), as_lps.geometry)
+    assert read_auto_card(CT_MODEL)["orientation"] == "RAS" and as_lps.flips == (False, True, True)
+    lps_labels, _ = run_auto(flipped, CT_MODEL)
+    assert np.array_equal(lps_labels, as_lps.apply(labels))
