@@ -238,7 +238,8 @@ class MedSAMAdapterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for column, text in enumerate((entry["name"], status, entry.get("path") or entry.get("hint") or "")):
                 table.setItem(row, column, qt.QTableWidgetItem(str(text)))
         self.ui.autoModelComboBox.clear()
-        self.ui.autoModelComboBox.addItems(self.logic.autoModels())
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        self.ui.autoModelComboBox.addItems(self.logic.autoModels(volume))
 
     def onPoll(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Background work failed.")):
@@ -377,12 +378,13 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
         return _("Redone.") if self.segmenter(parameterNode).redo() else _("Nothing to redo.")
 
     # --- automatic segmentation ---------------------------------------------------------------------------------
-    def autoModels(self) -> list:
+    def autoModels(self, volumeNode=None) -> list:
+        """Prompt-free model names, those made for the volume's kind of image (CT or not) first."""
         try:
             from MedSAMAdapterLib.scene import SceneController
         except ImportError:  # dependencies not installed yet
             return []
-        return sorted(SceneController.auto_models())
+        return SceneController.auto_models_for(volumeNode)
 
     def runAuto(self, parameterNode, modelName: str) -> str:
         if not modelName:

@@ -155,6 +155,25 @@ class SceneController:
                 found.setdefault(card.name[: -len(".json")], card)
         return found
 
+    @classmethod
+    def auto_models_for(cls, volume_node: Any = None) -> list[str]:
+        """Names of the prompt-free models, those trained on the volume's kind of image first (CT when its voxels
+        look like Hounsfield units, else the non-CT models: a cardiac MR should not default to an abdominal CT
+        model), then by name. Without a volume: by name."""
+        from ..engine.preprocessing import looks_like_ct
+        from ..models.auto_heads import read_auto_card
+
+        models = cls.auto_models()
+        if volume_node is None:
+            return sorted(models)
+        ct = looks_like_ct(volume_from_node(volume_node).array)
+
+        def mismatch(name: str) -> bool:
+            modality = read_auto_card(models[name]).get("training", {}).get("data", {}).get("modality")
+            return modality is not None and (str(modality).upper() == "CT") != ct
+
+        return sorted(models, key=lambda name: (mismatch(name), name))
+
     def run_auto(self, volume_node: Any, segmentation_node: Any, model: str | os.PathLike,
                  progress: Callable[[int, int], None] | None = None) -> dict[int, str]:
         """Prompt-free segmentation: one new segment per class of the model (named, coloured, with terminology;

@@ -162,7 +162,7 @@ def build_auto_split(
     description = {
         "source": "nnunet", "dataset": dataset.name, "root": str(Path(root).resolve()),
         "dimensionality": dataset.dimensionality, "labels": {str(v): n for v, n in chosen.items()},
-        "train_cases": train, "val_cases": val,
+        "modality": next(iter(dataset.channel_names.values()), None), "train_cases": train, "val_cases": val,
         "train_patients": sorted({default_group(c) for c in train}),
         "val_patients": sorted({default_group(c) for c in val}),
         **split.describe(), "licence": dataset.metadata.get("licence"), "intensity": intensity,

@@ -100,6 +100,8 @@ class MedSamWebApp(TrameApp):
         """Load a file as the current volume and start embedding its axial slices."""
         self.session.load_volume(path, name)
         self.session.precompute("axial")
+        choices = self.session.auto_model_choices()
+        self.state.update({"auto_models": choices, "auto_model": choices[0] if choices else None})
 
     # --- gestures and buttons ------------------------------------------------------------------------------------
     def _on_gesture(self, view: str, xy_to_ras_matrix: np.ndarray, gesture: Gesture) -> None:
@@ -157,7 +159,7 @@ class MedSamWebApp(TrameApp):
     def _init_state(self) -> None:
         state = self.state
         state.trame__title = "MedSAM Adapter"
-        auto = sorted(self.session.auto_models())
+        auto = self.session.auto_model_choices()
         state.update({
             "status": {}, "segments": [], "active_segment": None, "can_undo": False, "can_redo": False,
             "message": "", "error": "", "busy": False, "negative_mode": False, "volume_name": "", "last_view": "",

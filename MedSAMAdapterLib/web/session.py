@@ -232,6 +232,10 @@ class WebSession:
     def auto_models(self) -> dict[str, Path]:
         return self.controller.auto_models()
 
+    def auto_model_choices(self) -> list[str]:
+        """Model names for the picker, those made for the loaded volume's kind of image first."""
+        return self.controller.auto_models_for(self.volume_node)
+
     def auto_unavailable_reason(self) -> str:
         if self.auto_models():
             return ""

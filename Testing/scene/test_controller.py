@@ -196,3 +196,18 @@ def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
     box = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
     with torch.no_grad():
         assert adapted.decode(embedding, None, None, box, None, False)[0].shape == (1, 1, 64, 64)
+
+
+def test_auto_models_for_a_volume_put_its_kind_of_image_first(setup):
+    """The shipped models: an MR-like volume lists the heart (cine MRI) model first, a CT the abdominal one."""
+    controller, scene, matrix = setup["controller"], setup["scene"], setup["matrix"]
+    names = controller.auto_models_for(None)
+    assert names == sorted(names) and {"acdc_heart_autosam", "abdomen_ct_autosam"} <= set(names)
+    mr_like = setup["volume"]  # 0..~200 intensities
+    hounsfield = np.where(setup["ball"], 60.0, -1000.0).astype(np.float32)
+    hounsfield[0, :4, :4] = 700.0  # a little bone: air, soft tissue and bone make it CT
+    ct_like = add_volume_node(scene, hounsfield, matrix, "ct")
+    for node, first in ((mr_like, "acdc_heart_autosam"), (ct_like, "abdomen_ct_autosam")):
+        ordered = controller.auto_models_for(node)
+        assert sorted(ordered) == sorted(names)
+        assert ordered.index(first) < ordered.index(({"acdc_heart_autosam", "abdomen_ct_autosam"} - {first}).pop())
