@@ -274,7 +274,7 @@ def round_to_voxel(ijk: Any, shape: Sequence[int]) -> np.ndarray:
 
 # ---- orientation (exact axis permutations / flips, no resampling) ---------------------------------------------
 # Letter of each signed LPS axis: the patient direction an index axis points towards (SimpleITK's
-# DICOMOrientImageFilter convention: an identity direction is "LPS", Slicer's RAS-stored NIfTI usually "RAS").
+# DICOMOrientImageFilter convention: an identity direction is "LPS"; a NIfTI with an identity affine reads "RAS").
 _ORIENTATION_LETTERS = {(0, 1): "L", (0, -1): "R", (1, 1): "P", (1, -1): "A", (2, 1): "S", (2, -1): "I"}
 _LETTER_AXES = {letter: axis_sign for axis_sign, letter in _ORIENTATION_LETTERS.items()}
 
