@@ -218,7 +218,7 @@ class RichProgress:
             self.progress.update(self._epoch_task, completed=event.step,
                                  info=f"loss {event.loss:.4f}  lr {event.lr:.2e}")
         elif kind == "validation" and event.epoch == 0:
-            self.console.print("baseline (base model): " + _dice_text(event.metrics))
+            self.console.print("before training: " + _dice_text(event.metrics))
         elif kind == "epoch":
             m = event.metrics
             val = _dice_text({k[4:]: v for k, v in m.items() if k.startswith("val_")})
