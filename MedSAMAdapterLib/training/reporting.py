@@ -59,7 +59,9 @@ def finetune_report(trainer: Any, stopped_early: bool = False) -> str:
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     if trainer.baseline:
-        lines.append(f"| 0 ({'start adapter' if trainer.config.init_adapter else 'base'}) | | | | " + " | ".join(format_cell(trainer.baseline.get(c[4:])) for c in cols[4:9]) + " | |")
+        start = "start adapter" if trainer.config.init_adapter else "base"
+        cells = " | ".join(format_cell(trainer.baseline.get(c[4:])) for c in cols[4:9])
+        lines.append(f"| 0 ({start}) | | | | {cells} | |")
     for h in trainer.history:
         lines.append("| " + " | ".join(format_cell(h.get(c)) for c in cols) + " |")
     lines += ["", "## Settings", "", "```json", json.dumps(cfg.to_dict(), indent=2, default=str), "```", "",
