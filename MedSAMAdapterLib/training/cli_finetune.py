@@ -73,6 +73,11 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--select-metric", choices=SELECT_METRICS, default="mean",
                    help="validation Dice that picks the best epoch (default: mean of box and 1/3/5 clicks)")
     p.add_argument("--max-cases", type=int, help="use at most N cases per dataset (seeded random subset)")
+    p.add_argument("--foreground-fraction", type=float, default=0.8, metavar="F",
+                   help="3D data: share of samples on planes with the object; the rest are 'nothing here' planes "
+                        "just past its ends, prompted from the neighbour (what propagation asks). Use 1.0 for "
+                        "few-shot runs: with one patient the edge samples teach the decoder to stop propagation "
+                        "early (default: %(default)s)")
     p.add_argument("--prompts", default=None, metavar="SPEC",
                    help="prompt mixture, e.g. 'box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5'")
     p.add_argument("--depth-chunk", type=int, default=4, help="planes per SD-Trans chunk (medsa-3d; default: 4)")
@@ -163,7 +168,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     config = config_from_args(args)
     split = build_nnunet_split(args.datasets, SplitOptions.from_args(args), args.max_cases,
-                               comma_items(args.labels), config.intensity, regions=args.region)
+                               comma_items(args.labels), config.intensity, regions=args.region,
+                               foreground_fraction=args.foreground_fraction)
     trainer = Trainer(config, split.train, split.val, args.out, data_description=split.description)
     display = RichProgress()
     with display:
