@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .cli_finetune import RichProgress, add_runtime_options, add_split_options, comma_items
+from .cli_finetune import RichProgress, add_runtime_options, add_split_options, comma_items, split_options
 
 
 def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
@@ -134,7 +134,6 @@ def run_train_auto(args: argparse.Namespace) -> int:
     import torch
 
     from .auto_train import build_auto_split, train_auto
-    from .datasets import SplitOptions
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -143,7 +142,7 @@ def run_train_auto(args: argparse.Namespace) -> int:
 
         return run_train_volumetric(args)
     config = config_from_args(args)
-    split = build_auto_split(args.dataset, comma_items(args.labels), SplitOptions.from_args(args), config.intensity)
+    split = build_auto_split(args.dataset, comma_items(args.labels), split_options(args), config.intensity)
     print_split(split)
     started = time.perf_counter()
     with AutoRichProgress() as display:

@@ -114,6 +114,14 @@ def add_split_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-patients", type=int, metavar="N", help="hold out N patients (instead of --val-fraction)")
 
 
+def split_options(args: argparse.Namespace) -> Any:
+    """The ``datasets.SplitOptions`` of parsed ``add_split_options`` flags (+ ``--seed``)."""
+    from .datasets import SplitOptions
+
+    return SplitOptions(args.val_fraction, args.seed, tuple(comma_items(args.train_cases) or ()),
+                        tuple(comma_items(args.val_cases) or ()), args.max_train_patients, args.val_patients)
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`TrainConfig` described by parsed ``finetune`` arguments."""
     from ..engine.preprocessing import IntensityPolicy
@@ -155,7 +163,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Build the data split and the trainer from ``args`` and train with a rich progress display."""
     import torch
 
-    from .datasets import SplitOptions, build_nnunet_split
+    from .datasets import build_nnunet_split
     from .trainer import STATE_FILE, Trainer
 
     if args.resume and args.overwrite:
@@ -167,7 +175,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(int(args.threads))
     config = config_from_args(args)
-    split = build_nnunet_split(args.datasets, SplitOptions.from_args(args), args.max_cases,
+    split = build_nnunet_split(args.datasets, split_options(args), args.max_cases,
                                comma_items(args.labels), config.intensity, regions=args.region,
                                foreground_fraction=args.foreground_fraction)
     trainer = Trainer(config, split.train, split.val, args.out, data_description=split.description)

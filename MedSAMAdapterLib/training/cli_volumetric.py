@@ -77,13 +77,12 @@ def run_train_volumetric(args: argparse.Namespace) -> int:
     """``train-auto --arch autoprosam``: split like the 2D heads, train with ``VolumetricTrainer``."""
     from .auto_train import build_auto_split
     from .cli_auto import AutoRichProgress, print_split
-    from .cli_finetune import comma_items
-    from .datasets import SplitOptions
+    from .cli_finetune import comma_items, split_options
     from .volumetric_train import VolumetricTrainer
 
     _check_run_dir(args.out, args.resume, args.overwrite)
     config = volumetric_config(args, "autoprosam", {"depth_window": args.depth_window})
-    split = build_auto_split(args.dataset, comma_items(args.labels), SplitOptions.from_args(args), config.intensity)
+    split = build_auto_split(args.dataset, comma_items(args.labels), split_options(args), config.intensity)
     print_split(split)
     started = time.perf_counter()
     trainer = VolumetricTrainer(config, split.train, split.val, args.out, split.labels,
@@ -150,7 +149,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from ..engine.auto import AutoSegmenter
     from .cli_auto import AutoRichProgress, _int_list
     from .common import resolve_device
-    from .datasets import SplitOptions
+    from .cli_finetune import split_options
     from .distill import DistillOptions, distill
     from .volumetric_train import VolumetricTrainConfig
 
@@ -161,7 +160,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _check_run_dir(run_dir, args.resume, args.overwrite)
     channels = tuple(_int_list(args.channels, "--channels") or ())
     options = DistillOptions(args.arch, channels, _triple(args.patch_size, "--patch-size"),
-                             SplitOptions.from_args(args))  # bad options fail before the teacher loads
+                             split_options(args))  # bad options fail before the teacher loads
     device = str(resolve_device(args.device))
     teacher = AutoSegmenter(args.teacher, device, weights=args.weights)
     config = VolumetricTrainConfig(arch="unet", patch_size=(8, 8, 8), epochs=args.epochs,

@@ -405,7 +405,8 @@ def load_nnunet_cases(dataset: Any, cases: Sequence[str], labels: dict[int, str]
 @dataclass(frozen=True)
 class SplitOptions:
     """How cases are split into training and validation, by patient (``choose_split``); one set of options for
-    every trainer (``finetune``, ``train-auto``, ``distill``) and their CLI flags (``cli_finetune.add_split_options``).
+    every trainer (``finetune``, ``train-auto``, ``distill``) and their CLI flags (``cli_finetune.add_split_options``,
+    read back by ``cli_finetune.split_options``).
 
     ``val_cases`` / ``train_cases``: explicit case or patient ids (override the split). ``val_patients``: this
     many patients held out (instead of ``val_fraction``). ``max_train_patients``: keep the first N training
@@ -428,14 +429,6 @@ class SplitOptions:
                 raise InputError(f"{name} must be >= 1, got {value}")
         object.__setattr__(self, "train_cases", tuple(str(c) for c in self.train_cases or ()))
         object.__setattr__(self, "val_cases", tuple(str(c) for c in self.val_cases or ()))
-
-    @classmethod
-    def from_args(cls, args: Any) -> "SplitOptions":
-        """From parsed CLI arguments (``add_split_options`` + ``--seed``)."""
-        from .cli_finetune import comma_items
-
-        return cls(args.val_fraction, args.seed, tuple(comma_items(args.train_cases) or ()),
-                   tuple(comma_items(args.val_cases) or ()), args.max_train_patients, args.val_patients)
 
     def describe(self) -> dict[str, Any]:
         return {"val_fraction": self.val_fraction, "split_seed": self.seed,
