@@ -126,27 +126,30 @@ class AutoSegmenter:
         embedder = self._embedder(volume, progress)
         return embedder, (lambda d, _t: progress(count + d, 2 * count)) if progress else None
 
+    def _in_model_orientation(self, volume: Volume, run: Callable[[Volume], Any]) -> Any:
+        """``run`` on the volume as the model was trained to see it (its card's ``orientation``: an exact axis
+        permutation / flip, no resampling), the (..., k, j, i) result mapped back onto the volume's own grid."""
+        work, mapping = volume.reoriented(self.orientation)
+        out = run(work)
+        if mapping is None:
+            return out
+        back = mapping.undo(out)
+        return back.contiguous() if hasattr(back, "contiguous") else np.ascontiguousarray(back)  # torch / numpy
+
     def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
         """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid."""
-        work, mapping = volume.reoriented(self.orientation)
         if self.volumetric is not None:
-            out = self.volumetric.logits(work, progress)
-        else:
-            out = self.head.volume_logits(work, *self._embedded(work, progress))
-        return out if mapping is None else mapping.undo(out).contiguous()
+            return self._in_model_orientation(volume, lambda work: self.volumetric.logits(work, progress))
+        return self._in_model_orientation(
+            volume, lambda work: self.head.volume_logits(work, *self._embedded(work, progress)))
 
     def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
-        """Label map (k, j, i) with the classes' label values, on the volume's own grid.
-
-        The model sees the volume in the orientation it was trained on (its card's ``orientation``: an exact
-        axis permutation / flip, no resampling), so a CT stored as RAS or LPS, or transposed, gets the same result.
-        """
-        work, mapping = volume.reoriented(self.orientation)
+        """Label map (k, j, i) with the classes' label values, on the volume's own grid (a CT stored as RAS or
+        LPS, or transposed, gets the same result)."""
         if self.volumetric is not None:
-            labels = self.volumetric.predict_volume(work, progress)
-        else:
-            labels = self.head.predict_volume(work, *self._embedded(work, progress))
-        return labels if mapping is None else np.ascontiguousarray(mapping.undo(labels))
+            return self._in_model_orientation(volume, lambda work: self.volumetric.predict_volume(work, progress))
+        return self._in_model_orientation(
+            volume, lambda work: self.head.predict_volume(work, *self._embedded(work, progress)))
 
     def segment(self, volume: Volume, progress: ProgressCallback | None = None
                 ) -> tuple[np.ndarray, list[AutoSegment]]:
