@@ -47,7 +47,7 @@ from torch import Tensor
 from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
-from .datasets import SLICE_AXIS, SplitOptions, TrainingCase, choose_split, common_orientation
+from .datasets import SLICE_AXIS, SplitOptions, TrainingCase, choose_split, onto_one_orientation
 from .common import TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups, resolve_device
 
 MODEL_STEM = "auto_model"
@@ -364,9 +364,7 @@ def train_auto(
     values = sorted(labels)
 
     # --- one orientation for every case (recorded in the card; inference brings volumes onto it) --------------
-    orientation = common_orientation(train_cases)
-    train_cases = [c.reoriented(orientation) for c in train_cases]
-    val_cases = [c.reoriented(orientation) for c in val_cases or []]
+    orientation, train_cases, val_cases = onto_one_orientation(train_cases, val_cases)
     stats["orientation"] = orientation
 
     # --- embeddings (once) -----------------------------------------------------------------------------

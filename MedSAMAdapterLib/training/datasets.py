@@ -94,6 +94,14 @@ class TrainingCase:
                             self.label_values, self.dataset, dict(self.label_names), presence, dict(self.regions))
 
 
+def onto_one_orientation(train: Sequence[TrainingCase], val: Sequence[TrainingCase] | None,
+                         code: str | None = None) -> tuple[str | None, list[TrainingCase], list[TrainingCase]]:
+    """(code, train, val) with every case on the grid of ``code`` (default: ``common_orientation(train)``): what
+    automatic-model trainers do before training, recording the code in the card."""
+    code = code or common_orientation(train)
+    return code, [c.reoriented(code) for c in train], [c.reoriented(code) for c in val or []]
+
+
 def common_orientation(cases: Sequence[TrainingCase]) -> str | None:
     """The orientation code most of the 3D ``cases`` are stored in (first seen wins a tie); None for 2D data.
 

@@ -46,7 +46,7 @@ from ..engine.sliding import autocast_for
 from ..errors import InputError
 from .common import (ProgressCallback, TrainEvent, finite_or_none, load_state, lr_lambda, param_groups,
                      resolve_device, restore_rng, rng_state, save_state)
-from .datasets import TrainingCase, common_orientation
+from .datasets import TrainingCase, onto_one_orientation
 
 MODEL_STEM = "auto_model"
 STATE_FILE = "last.pt"
@@ -160,9 +160,8 @@ class VolumetricTrainer:
             raise InputError("no classes to train: give at least one label")
         self.config = config
         # One orientation for every case (a distilled student takes its teacher's); recorded in the card.
-        self.orientation = getattr(teacher, "orientation", None) or common_orientation(train_cases)
-        self.train_cases = [c.reoriented(self.orientation) for c in train_cases]
-        self.val_cases = [c.reoriented(self.orientation) for c in val_cases or []]
+        self.orientation, self.train_cases, self.val_cases = onto_one_orientation(
+            train_cases, val_cases, getattr(teacher, "orientation", None))
         self.run_dir = Path(run_dir)
         self.labels = dict(sorted(labels.items()))
         self.base_model = base_model
