@@ -317,14 +317,18 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
         if self._controller is not None:
             self._controller.forget()
 
+    @staticmethod
+    def adapterSetting(parameterNode):
+        """The chosen adapter file, or None (an empty path field: the model's shipped default)."""
+        adapter = str(parameterNode.adapterPath) if parameterNode.adapterPath else ""
+        return adapter if adapter not in ("", ".") else None
+
     def segmenter(self, parameterNode):
         """The bridge for the selected volume and segmentation, with the selected model settings."""
         from MedSAMAdapterLib.scene import ModelSettings
 
-        adapter = str(parameterNode.adapterPath) if parameterNode.adapterPath else ""
-        self.controller.configure(ModelSettings(name=parameterNode.model, adapter=adapter if adapter not in ("", ".")
-                                                else None, device=parameterNode.device,
-                                                intensity=parameterNode.intensity))
+        self.controller.configure(ModelSettings(name=parameterNode.model, adapter=self.adapterSetting(parameterNode),
+                                                device=parameterNode.device, intensity=parameterNode.intensity))
         self.controller.overlap = parameterNode.overlap
         if parameterNode.segmentation is None:
             parameterNode.segmentation = (self.scene or slicer.mrmlScene).AddNewNodeByClass(
@@ -404,9 +408,7 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Choose a folder for the fine-tuning run."))
         dataset = SceneController.export_training_case(parameterNode.inputVolume, parameterNode.segmentation,
                                                        runDir / "Dataset_Slicer")
-        adapter = str(parameterNode.adapterPath) if parameterNode.adapterPath else ""
-        start = SceneController.finetune_start_adapter(parameterNode.recipe, adapter if adapter not in ("", ".")
-                                                       else None)
+        start = SceneController.finetune_start_adapter(parameterNode.recipe, self.adapterSetting(parameterNode))
         command = SceneController.finetune_command([dataset], runDir / "run", parameterNode.recipe,
                                                    parameterNode.epochs, model=parameterNode.model,
                                                    device=parameterNode.device, python=self.pythonExecutable(),
