@@ -30,7 +30,6 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -39,6 +38,7 @@ import numpy as np
 from ..errors import InputError, PromptError
 from . import metrics as M
 from .clicks import first_click, next_click, tight_box
+from .targets import Targets
 
 PROTOCOLS = ("box", "clicks", "auto")
 CLICK_LEVELS = (1, 3, 5)
@@ -46,41 +46,6 @@ MAX_CLICKS = max(CLICK_LEVELS)
 SLICE_AXIS = 0
 SUMMARY_FORMAT = "medsam-adapter-evaluation/1"
 SessionFactory = Callable[[Any], Any]  # Volume -> object with the InteractiveSession API
-
-
-@dataclass(frozen=True)
-class Targets:
-    """The structures prompted and scored: each a label value, or a region (a union of label values)."""
-
-    values: dict[str, tuple[int, ...]]
-    regions: bool = False
-
-    @classmethod
-    def of_labels(cls, labels: Mapping[str, int]) -> "Targets":
-        return cls({name: (int(value),) for name, value in labels.items()})
-
-    def mask(self, gt: np.ndarray, name: str) -> np.ndarray:
-        return np.isin(gt, self.values[name])
-
-    def code(self, name: str) -> int:
-        """The value a target gets in predicted / overlay maps: its label value, or its 1-based region index."""
-        return list(self.values).index(name) + 1 if self.regions else self.values[name][0]
-
-    def present_in(self, gt: np.ndarray) -> "Targets":
-        return Targets({n: v for n, v in self.values.items() if self.mask(gt, n).any()}, self.regions)
-
-    def coded_map(self, gt: np.ndarray) -> np.ndarray:
-        """Ground truth as a map of target codes (labels: the map itself; regions: later drawn over earlier)."""
-        if not self.regions:
-            return np.asarray(gt)
-        out = np.zeros(np.shape(gt), np.uint8)
-        for name in self.values:
-            out[self.mask(gt, name)] = self.code(name)
-        return out
-
-    @property
-    def labels(self) -> dict[str, int]:
-        return {name: self.code(name) for name in self.values}
 
 
 def level_names(protocol: str) -> list[str]:
