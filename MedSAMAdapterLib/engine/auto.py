@@ -140,16 +140,48 @@ class AutoSegmenter:
         """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid."""
         if self.volumetric is not None:
             return self._in_model_orientation(volume, lambda work: self.volumetric.logits(work, progress))
-        return self._in_model_orientation(
-            volume, lambda work: self.head.volume_logits(work, *self._embedded(work, progress)))
+
+        def paste(whole: Any, box: Any, crop: Any) -> Any:
+            whole[(slice(None), slice(None), *box.slices)] = crop
+            return whole
+
+        return self._in_model_orientation(volume, lambda work: self._zoomed(
+            work, progress, lambda v, p: self.head.volume_logits(v, *self._embedded(v, p)),
+            lambda whole: self.head.label_map(whole.argmax(0).numpy()), paste))
 
     def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map (k, j, i) with the classes' label values, on the volume's own grid (a CT stored as RAS or
         LPS, or transposed, gets the same result)."""
         if self.volumetric is not None:
             return self._in_model_orientation(volume, lambda work: self.volumetric.predict_volume(work, progress))
-        return self._in_model_orientation(
-            volume, lambda work: self.head.predict_volume(work, *self._embedded(work, progress)))
+
+        def paste(whole: np.ndarray, box: Any, crop: np.ndarray) -> np.ndarray:
+            # pass 1 found nothing outside the box (it was drawn around everything it kept)
+            out = np.zeros_like(whole)
+            out[(slice(None), *box.slices)] = crop
+            return out
+
+        return self._in_model_orientation(volume, lambda work: self._zoomed(
+            work, progress, lambda v, p: self.head.predict_volume(v, *self._embedded(v, p)), lambda whole: whole,
+            paste))
+
+    def _zoomed(self, volume: Volume, progress: ProgressCallback | None, run: Callable[[Volume, Any], Any],
+                found: Callable[[Any], np.ndarray], paste: Callable[[Any, Any, Any], Any]) -> Any:
+        """``run`` on the whole volume; with the card's ``roi_margin``, ``run`` again on the box around what the
+        first pass ``found`` (label map) and ``paste`` it in (``engine/roi.py``). Progress: each pass a half."""
+        from .roi import box_around, crop_volume
+
+        margin = self.head.roi_margin
+        if margin is None:
+            return run(volume, progress)
+        whole = run(volume, (lambda d, t: progress(d, 2 * t)) if progress else None)
+        box = box_around(found(whole) > 0, margin)
+        if box is not None and not box.covers(volume.shape[1:]):
+            zoomed = run(crop_volume(volume, box), (lambda d, t: progress(t + d, 2 * t)) if progress else None)
+            whole = paste(whole, box, zoomed)
+        elif progress:
+            progress(1, 1)
+        return whole
 
     def segment(self, volume: Volume, progress: ProgressCallback | None = None
                 ) -> tuple[np.ndarray, list[AutoSegment]]:

@@ -366,6 +366,7 @@ class AutoModel(ClassOutputs):
     ``classes`` are the foreground classes in head order (head output k+1 is ``classes[k]``).
     ``embedding_fingerprint`` is ``registry.model_fingerprint`` of the encoder the head was trained on; it is
     what decides the embeddings, so :meth:`predict_volume` refuses an embedder of another model.
+    ``roi_margin``: run a second, zoomed pass on the box around what the first found (``engine/roi.py``).
     """
 
     head: _AutoHead
@@ -376,8 +377,11 @@ class AutoModel(ClassOutputs):
     intensity: str = "auto"
     card: dict[str, Any] = field(default_factory=dict)
     orientation: str | None = None
+    roi_margin: float | None = None
 
     def __post_init__(self) -> None:
+        if self.roi_margin is not None and not self.roi_margin >= 0:
+            raise InputError(f"roi_margin must be >= 0 (or None: no zoom pass), got {self.roi_margin}")
         if len(self.classes) + 1 != self.head.num_classes:
             raise InputError(f"head has {self.head.num_classes} outputs but {len(self.classes)} classes + "
                              f"background were given")
@@ -542,6 +546,9 @@ def save_auto_model(path: str | os.PathLike, model: AutoModel, training: dict[st
                  "parameters": parameter_count(head), "output": f"softmax over {head.num_classes} classes "
                  f"(0 = background) at {head.out_size}x{head.out_size} (4x the embedding grid)"},
         "intensity": model.intensity, "orientation": model.orientation, "slice_axis": 0,
+        "roi": None if model.roi_margin is None else {
+            "margin": model.roi_margin, "method": "pass 1 on whole planes locates; pass 2 on the square box around "
+            "all it found (grown by margin x size per side) zooms (engine/roi.py)"},
         "classes": [c.to_dict() for c in model.classes],
         "training": training or {}, "metrics": metrics or {},
     }
@@ -573,6 +580,7 @@ def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu")
                           bool(h["context"]), **dict(h.get("options") or {}))
         classes = [AutoClass.from_dict(c) for c in card["classes"]]
         base = card["base_model"]
+        roi_margin = None if card.get("roi") is None else float(card["roi"]["margin"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WeightsError(f"automatic model card {auto_model_paths(path)[1]} is incomplete: {exc}") from exc
     state = {k: v.float() if v.is_floating_point() else v for k, v in saved.items()}
@@ -584,5 +592,5 @@ def load_auto_model(path: str | os.PathLike, device: str | torch.device = "cpu")
     head.requires_grad_(False)
     model = AutoModel(head.to(device).eval(), str(base["name"]), str(base["sha256"]), classes,
                       base.get("embedding_fingerprint"), str(card.get("intensity", "auto")), card,
-                      card_orientation(card))
+                      card_orientation(card), roi_margin)
     return model

@@ -8,6 +8,9 @@ copy), so they are embedded once and then come out of the embedding cache in lat
 One random in-plane transform per copy, applied to every plane of the case so neighbouring planes stay aligned
 (2.5D context): rotation, isotropic scale and a small shift (MONAI ``RandAffined``, bilinear image, nearest label),
 then a random gamma on the intensities. No flips: they would swap left and right organs.
+
+``roi_copies`` are the training side of the zoom pass (``engine/roi.py``): exact crops of a case around its
+ground truth, with a random margin and shift, so the head learns the enlarged view it gets in pass 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engine.roi import PlaneBox, box_around, crop_volume
 from ..engine.volume import Volume
 from ..errors import InputError
 from .datasets import TrainingCase, make_case
@@ -79,3 +83,36 @@ def _random_gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tupl
         return image
     gamma = float(np.exp(rng.uniform(np.log(gamma_range[0]), np.log(gamma_range[1]))))
     return (np.power(image / top, gamma) * top).astype(np.float32)
+
+
+def foreground(case: TrainingCase) -> np.ndarray:
+    """(k, j, i) mask of every training target of ``case``."""
+    mask = np.zeros(case.labels.shape, bool)
+    for value in case.label_values:
+        mask |= case.target(case.labels, value)
+    return mask
+
+
+def crop_case(case: TrainingCase, box: PlaneBox, case_id: str, intensity: str = "auto") -> TrainingCase:
+    """``case`` cut to ``box`` on every plane (image, labels and geometry)."""
+    rows, cols = box.slices
+    return make_case(case_id, crop_volume(case.volume, box), case.labels[:, rows, cols], case.label_values,
+                     case.dataset, intensity, case.label_names, case.regions)
+
+
+def roi_copies(cases: Sequence[TrainingCase], margin: float, seed: int = 0, intensity: str = "auto",
+               jitter: bool = True) -> list[TrainingCase]:
+    """One crop per case around its ground truth (ids ``<case>_roi``); cases without foreground are skipped.
+
+    ``jitter``: a random margin in [0.5, 1.5] x ``margin`` and a centre shift of up to 0.1 x the side (training,
+    so the head tolerates a pass-1 box that is too tight, too loose or off-centre); without it the crop is the
+    one inference draws around a perfect pass 1 (validation).
+    """
+    out = []
+    for index, case in enumerate(cases):
+        rng = np.random.default_rng([seed, index, 7919])
+        scale, shift = (rng.uniform(0.5, 1.5), tuple(rng.uniform(-0.1, 0.1, 2))) if jitter else (1.0, (0.0, 0.0))
+        box = box_around(foreground(case), margin * scale, shift)
+        if box is not None:
+            out.append(crop_case(case, box, f"{case.case_id}_roi", intensity))
+    return out

@@ -28,6 +28,11 @@ Choices:
   per case (both empty = 1), averaged over cases; ``dice_mean`` (over classes) picks the best epoch, which is saved
   as ``<run_dir>/auto_model.safetensors`` + ``.json``; ``patience`` epochs without improvement stop the run.
   Without validation cases the last epoch is saved.
+- **Zoom pass** (``roi_margin``, ``engine/roi.py``): the training planes also include one crop of every training
+  case (and augmented copy) around its ground truth, with a random margin and shift; the validation cases are also
+  cropped around their ground truth with the margin itself (what inference draws around a perfect first pass), and
+  the Dice on those crops (``val_roi_dice_*``, an oracle-box score of the second pass) picks the best epoch. The
+  real two-pass result of the saved model is what ``evaluate --protocol auto`` scores.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ class AutoTrainConfig:
     inference and validation. ``augment``: randomly transformed copies of each training case (``augment.py``),
     embedded once like the originals. ``ema``: decay of an exponential moving average of the head's weights
     (per step, e.g. 0.99; 0 = off); the average is what is validated and saved, which damps the epoch-to-epoch
-    swings of few-shot runs.
+    swings of few-shot runs. ``roi_margin``: also train (and select) for the zoomed second pass (module docstring).
     """
 
     head: str = "vit"
@@ -99,6 +104,7 @@ class AutoTrainConfig:
     single_component: tuple[str, ...] = ()
     augment: int = 0
     ema: float = 0.0
+    roi_margin: float | None = None
 
     def __post_init__(self) -> None:
         from ..models.auto_heads import HEAD_TYPES
@@ -110,6 +116,8 @@ class AutoTrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.augment) < 0:
             raise InputError(f"augment must be >= 0, got {self.augment}")
+        if self.roi_margin is not None and not 0 <= float(self.roi_margin) <= 2:
+            raise InputError(f"roi_margin must be in [0, 2] (a fraction of the structure's size), got {self.roi_margin}")
         if not 0.0 <= float(self.ema) < 1.0:
             raise InputError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         self.single_component = tuple(str(v) for v in self.single_component)
@@ -376,10 +384,18 @@ def train_auto(
         copies = augmented_copies(train_cases, cfg.augment, cfg.seed, cfg.intensity)
         embedded_cases += copies
         stats["augmented_cases"] = len(copies)
+    roi_val_cases: list[TrainingCase] = []
+    if cfg.roi_margin is not None:
+        from .augment import roi_copies
+
+        crops = roi_copies(embedded_cases, cfg.roi_margin, cfg.seed, cfg.intensity)
+        embedded_cases += crops
+        roi_val_cases = roi_copies(val_cases or [], cfg.roi_margin, cfg.seed, cfg.intensity, jitter=False)
+        stats["roi_cases"] = {"train": len(crops), "val": len(roi_val_cases)}
     directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "embeddings"
     cache = EmbeddingCache(directory, memory_bytes=256 * 2**20, use_disk=cfg.cache_on_disk)
     started = time.perf_counter()
-    total = sum(c.slice_count for c in embedded_cases) + sum(c.slice_count for c in (val_cases or []))
+    total = sum(c.slice_count for c in [*embedded_cases, *(val_cases or []), *roi_val_cases])
 
     def report(offset: int) -> Callable[[int, int], None]:
         return lambda done, _t: emit("embed", done=offset + done, total=total, message="embedding planes (once)")
@@ -388,7 +404,10 @@ def train_auto(
                                    report(0))
     val, computed_val = (embed_planes(val_cases, values, model, cache, cfg.intensity,
                                       cfg.embed_batch_size, report(len(train))) if val_cases else (None, 0))
-    stats.update(embedded_planes=computed + computed_val, cached_planes=total,
+    val_roi, computed_roi = (embed_planes(roi_val_cases, values, model, cache, cfg.intensity, cfg.embed_batch_size,
+                                          report(len(train) + (len(val) if val else 0)))
+                             if roi_val_cases else (None, 0))
+    stats.update(embedded_planes=computed + computed_val + computed_roi, cached_planes=total,
                  embedding_seconds=time.perf_counter() - started, train_planes=len(train),
                  val_planes=len(val) if val is not None else 0)
 
@@ -424,7 +443,7 @@ def train_auto(
 
     def bundle() -> AutoModel:
         return AutoModel(scored_head, base_name, base_sha, classes, fingerprint, cfg.intensity,
-                         orientation=orientation)
+                         orientation=orientation, roi_margin=cfg.roi_margin)
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
@@ -460,10 +479,14 @@ def train_auto(
             t1 = time.perf_counter()
             metrics = dice_per_class(predict_cases(scored_head, val, classes=classes), val.class_maps, names)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
+            if val_roi is not None:
+                zoomed = dice_per_class(predict_cases(scored_head, val_roi, classes=classes), val_roi.class_maps, names)
+                entry.update({f"val_roi_{k}": v for k, v in zoomed.items()})
             entry["val_seconds"] = time.perf_counter() - t1
             emit("validation", epoch=epoch, metrics=metrics)
         history.append(entry)
-        score = entry.get("val_dice_mean")
+        selector = "val_roi_dice_mean" if val_roi is not None else "val_dice_mean"
+        score = entry.get(selector)
         improved = False
         if val is None:
             improved = epoch == cfg.epochs
@@ -474,7 +497,7 @@ def train_auto(
                 bad_epochs += 1
         if improved:
             best = {"epoch": epoch, "score": score if score is not None else -entry["loss"],
-                    "by": "val_dice_mean" if val is not None else "last_epoch",
+                    "by": selector if val is not None else "last_epoch",
                     "metrics": {k: v for k, v in entry.items() if k.startswith("val_") or k == "loss"}}
             save_auto_model(model_path, bundle(), training_card,
                             finite_or_none({"selected_epoch": epoch, **best["metrics"]}), cfg.store_dtype)
@@ -482,7 +505,7 @@ def train_auto(
         emit("epoch", epoch=epoch, loss=entry["loss"], lr=entry["lr"], metrics=dict(entry))
         if val is not None and cfg.patience and bad_epochs >= cfg.patience and epoch >= cfg.min_epochs:
             stopped_early = True
-            emit("early_stop", epoch=epoch, message=f"no improvement of val dice_mean for {cfg.patience} epochs")
+            emit("early_stop", epoch=epoch, message=f"no improvement of {selector} for {cfg.patience} epochs")
             break
     stats["stopped_early"] = stopped_early
     _write_outputs(run_dir, cfg, history, best, stats)
