@@ -51,7 +51,7 @@ INTENSITIES = ["auto", "minmax", "percentile", "ct-soft-tissue", "ct-abdomen", "
                "ct-brain"]
 DEVICES = ["auto", "cpu", "cuda"]
 OVERLAPS = ["keep_others", "overwrite", "only_empty"]
-RECIPES = ["decoder", "medsa", "medsa-3d", "lora"]
+RECIPES = ["decoder", "medsa", "medsa-3d", "lora", "autosam-vit", "autosam-cnn", "autosam-linear"]
 
 
 #
@@ -261,6 +261,8 @@ class MedSAMAdapterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if progress["curve"]:
                 self.ui.curveLabel.setPixmap(qt.QPixmap(progress["curve"]))
             self.ui.finetuneStatusLabel.text = self._finetune.statusText()
+            if self._finetune.finishedAutoModel():
+                self.onRefreshModels()  # the new prompt-free model joins the Automatic section's list
             busy = busy or self._finetune.running
         if not busy:
             self._pollTimer.stop()

@@ -20,6 +20,7 @@ class FinetuneProcess:
         self.environment = environment
         self.process = None
         self._log = []
+        self._installed = None
 
     def start(self) -> None:
         os.makedirs(self.runDir, exist_ok=True)
@@ -53,12 +54,23 @@ class FinetuneProcess:
     def progress(self) -> dict:
         return SceneController.training_progress(self.runDir)
 
+    def finishedAutoModel(self):
+        """Name of the prompt-free model an autosam-* run trained, copied once into the user model folder after
+        the process ended well (so the Automatic section lists it); None for adapter runs and before that."""
+        if (self._installed is None and self.process is not None and not self.running
+                and self.process.exitCode() == 0 and self.progress()["auto_model"]):
+            self._installed = SceneController.install_auto_model(self.runDir)
+        return self._installed
+
     def statusText(self) -> str:
         if self.running:
             return self._log[-1] if self._log else "starting..."
         if self.process is None:
             return ""
         code = self.process.exitCode()
+        auto = self.finishedAutoModel()
+        if auto:
+            return f"done: prompt-free model '{auto}' added (Automatic segmentation)"
         adapter = self.progress()["adapter"]
         if code == 0 and adapter:
             return f"done: {adapter} (choose it as the adapter above)"

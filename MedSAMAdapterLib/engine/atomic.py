@@ -45,3 +45,11 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def copy_file_atomic(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` to ``target`` (contents and times) so that ``target`` appears complete or not at all."""
+    import shutil
+
+    with atomic_path(target) as tmp:
+        shutil.copy2(source, tmp)

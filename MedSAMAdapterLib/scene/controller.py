@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..engine.atomic import atomic_path, write_text_atomic
+from ..engine.atomic import atomic_path, copy_file_atomic, write_text_atomic
 from ..engine.cache import EmbeddingCache
 from ..errors import InputError
 from .bridge import OverlapPolicy, SceneSegmenter
 from .labelmaps import VoxelGrid, import_label_map, segment_ids_of
 from .volumes import ijk_to_world_matrix, volume_from_node
+
+PANEL_AUGMENT = 4  # augmented copies per case when a panel trains a prompt-free model (autosam-* recipes)
 
 ModelLoader = Callable[["ModelSettings"], Any]
 
@@ -116,29 +117,33 @@ class SceneController:
     def import_weights(name: str, source: str | os.PathLike) -> Path:
         """Verify a downloaded weights file against the registry's sha256 and copy it where it is looked up
         (``$MEDSAM_ADAPTER_HOME/models`` or the user cache; never the extension's install folder)."""
-        from ..models.registry import HOME_ENV, get_spec, user_cache_dir, verify_sha256
+        from ..models.registry import get_spec, verify_sha256
 
         spec = get_spec(name)
         source = Path(source).expanduser()
         if not source.is_file():
             raise InputError(f"{source}: file not found")
         verify_sha256(source, spec.sha256, hint=f"Model '{name}' needs the file {spec.filename}.")
-        home = os.environ.get(HOME_ENV)
-        folder = (Path(home).expanduser() if home else user_cache_dir()) / "models"
-        target = folder / spec.filename
-        with atomic_path(target) as tmp:
-            shutil.copyfile(source, tmp)
+        target = SceneController.user_model_folder() / spec.filename
+        copy_file_atomic(source, target)
         return target
 
-    # --- automatic segmentation --------------------------------------------------------------------------------
     @staticmethod
-    def auto_model_folders() -> list[Path]:
-        """Where prompt-free models (``<stem>.safetensors`` + ``<stem>.json`` card) are looked for: the shipped
-        ``Resources/Models`` and the user's model folder (``$MEDSAM_ADAPTER_HOME/models`` or the user cache)."""
-        from ..models.registry import HOME_ENV, MODELS_JSON, user_cache_dir
+    def user_model_folder() -> Path:
+        """``$MEDSAM_ADAPTER_HOME/models`` or the user cache's ``models``: where users' weights and models go."""
+        from ..models.registry import HOME_ENV, user_cache_dir
 
         home = os.environ.get(HOME_ENV)
-        return [MODELS_JSON.parent / "Models", (Path(home).expanduser() if home else user_cache_dir()) / "models"]
+        return (Path(home).expanduser() if home else user_cache_dir()) / "models"
+
+    # --- automatic segmentation --------------------------------------------------------------------------------
+    @classmethod
+    def auto_model_folders(cls) -> list[Path]:
+        """Where prompt-free models (``<stem>.safetensors`` + ``<stem>.json`` card) are looked for: the shipped
+        ``Resources/Models`` and the user's model folder (``$MEDSAM_ADAPTER_HOME/models`` or the user cache)."""
+        from ..models.registry import MODELS_JSON
+
+        return [MODELS_JSON.parent / "Models", cls.user_model_folder()]
 
     @classmethod
     def auto_models(cls) -> dict[str, Path]:
@@ -252,13 +257,35 @@ class SceneController:
                          epochs: int, model: str = "litemedsam", device: str = "auto",
                          python: str | None = None, init_adapter: str | None = None) -> list[str]:
         """The ``medsam-adapter finetune`` command line, run in a background process by the module
-        (``init_adapter``: see :meth:`finetune_start_adapter`)."""
+        (``init_adapter``: see :meth:`finetune_start_adapter`). An ``autosam-*`` recipe trains a prompt-free
+        model on one dataset folder instead, with ``PANEL_AUGMENT`` augmented copies of each case (a head on a
+        frozen encoder over-fits a few cases without them); :meth:`install_auto_model` then makes it pickable."""
+        from ..training.config import AUTOSAM_RECIPES
+
         if epochs < 1:
             raise InputError(f"epochs must be at least 1, got {epochs}")
+        auto = recipe in AUTOSAM_RECIPES
+        if auto and len(dataset_dirs) != 1:
+            raise InputError(f"recipe {recipe} trains on one dataset folder, got {len(dataset_dirs)}")
         return [python or sys.executable, "-m", "MedSAMAdapterLib.cli", "finetune",
                 *[str(d) for d in dataset_dirs], "--out", str(run_dir), "--recipe", recipe,
                 "--epochs", str(int(epochs)), "--model", model, "--device", device,
-                *(["--init-adapter", str(init_adapter)] if init_adapter else [])]
+                *(["--init-adapter", str(init_adapter)] if init_adapter and not auto else []),
+                *(["--augment", str(PANEL_AUGMENT)] if auto else [])]
+
+    @classmethod
+    def install_auto_model(cls, run_dir: str | os.PathLike, name: str | None = None) -> str:
+        """Copy a finished ``train-auto`` run's model into the user model folder (tensors first, the card that
+        makes it visible last, each atomically) so ``auto_models()`` lists it; returns its name."""
+        from ..models.auto_heads import auto_model_paths, read_auto_card
+
+        tensors, card = auto_model_paths(Path(run_dir) / "auto_model")
+        read_auto_card(card)  # refuses a missing or foreign card before anything is copied
+        name = _safe_name(name or f"{Path(run_dir).parent.name}_{Path(run_dir).name}")
+        target = cls.user_model_folder()
+        copy_file_atomic(tensors, target / f"{name}.safetensors")
+        copy_file_atomic(card, target / f"{name}.json")
+        return name
 
     @staticmethod
     def finetune_start_adapter(recipe: str, adapter: str | None) -> str | None:
@@ -273,8 +300,8 @@ class SceneController:
 
     @staticmethod
     def training_progress(run_dir: str | os.PathLike) -> dict:
-        """{epoch, epochs, loss, best, curve (PNG path or None), adapter (path or None)} from a run folder's
-        ``history.json``; zeros while the run has not finished its first epoch."""
+        """{epoch, epochs, loss, best, curve (PNG path or None), adapter / auto_model (path or None: what the run
+        trains)} from a run folder's ``history.json``; zeros while the run has not finished its first epoch."""
         run = Path(run_dir)
         out = {"epoch": 0, "epochs": 0, "loss": None, "best": None, "curve": None, "adapter": None}
         try:
@@ -291,6 +318,7 @@ class SceneController:
             out["curve"] = str(run / "training_curve.png")
         if (run / "best_adapter.safetensors").is_file():
             out["adapter"] = str(run / "best_adapter.safetensors")
+        out["auto_model"] = str(run / "auto_model.json") if (run / "auto_model.json").is_file() else None
         return out
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InputError
+from .config import AUTOSAM_RECIPES
 
 
-AUTOSAM_RECIPES = {"autosam-vit": "vit", "autosam-cnn": "cnn", "autosam-linear": "linear"}
 
 
 def route_autosam_recipes(argv: Sequence[str]) -> list[str]:

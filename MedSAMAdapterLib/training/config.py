@@ -10,6 +10,8 @@ from ..errors import InputError
 from .prompts import PromptPolicy
 
 RECIPES = ("decoder", "medsa", "medsa-3d", "lora")
+# ``finetune --recipe autosam-*`` trains a prompt-free head instead (``train-auto --head ...``, auto_train.py)
+AUTOSAM_RECIPES = {"autosam-vit": "vit", "autosam-cnn": "cnn", "autosam-linear": "linear"}
 SELECT_METRICS = ("mean", "box", "clicks_1", "clicks_3", "clicks_5")
 
 

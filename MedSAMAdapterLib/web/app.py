@@ -100,8 +100,14 @@ class MedSamWebApp(TrameApp):
         """Load a file as the current volume and start embedding its axial slices."""
         self.session.load_volume(path, name)
         self.session.precompute("axial")
+        self._refresh_auto_models()
+
+    def _refresh_auto_models(self, select: str | None = None) -> None:
+        """The picker's models (the loaded volume's kind first); ``select`` one, else the first."""
         choices = self.session.auto_model_choices()
-        self.state.update({"auto_models": choices, "auto_model": choices[0] if choices else None})
+        chosen = select if select in choices else (choices[0] if choices else None)
+        self.state.update({"auto_models": choices, "auto_model": chosen,
+                           "auto_reason": self.session.auto_unavailable_reason()})
 
     # --- gestures and buttons ------------------------------------------------------------------------------------
     def _on_gesture(self, view: str, xy_to_ras_matrix: np.ndarray, gesture: Gesture) -> None:
@@ -202,7 +208,7 @@ class MedSamWebApp(TrameApp):
         ctrl.medsam_save_path = lambda: self._guard(self._save_to_server)
         ctrl.medsam_finetune = lambda: self._guard(self._start_finetune)
         ctrl.medsam_finetune_cancel = lambda: self.finetune_job and self.finetune_job.cancel()
-        ctrl.medsam_use_adapter = lambda: self._guard(self._use_trained_adapter)
+        ctrl.medsam_use_trained = lambda: self._guard(self._use_trained)
 
     async def _on_uploaded(self, path: str) -> None:
         await self._busy(lambda: self.load_volume(path))
@@ -225,14 +231,15 @@ class MedSamWebApp(TrameApp):
                                            self.state.ft_recipe, int(self.state.ft_epochs))
         self.session.log.ok(f"training started in {self.finetune_job.run_dir}", 0.0)
 
-    def _use_trained_adapter(self) -> None:
-        progress = self.finetune_job.progress() if self.finetune_job else {}
-        if not progress.get("adapter"):
-            raise MedSAMAdapterError("no trained adapter yet: wait for the first finished epoch")
-        settings = self.session.controller.settings
-        self.session.controller.configure(ModelSettings(settings.name, progress["adapter"], settings.device,
-                                                        settings.intensity))
-        self.session.log.ok(f"using adapter {progress['adapter']}", 0.0)
+    def _use_trained(self) -> None:
+        if self.finetune_job is None:
+            raise MedSAMAdapterError("no training run yet")
+        kind, value = self.finetune_job.use_result(self.session.controller)
+        if kind == "auto_model":
+            self._refresh_auto_models(value)
+            self.session.log.ok(f"prompt-free model '{value}' added", 0.0)
+        else:
+            self.session.log.ok(f"using adapter {value}", 0.0)
 
     # --- polling: embedding and training progress ----------------------------------------------------------------
     def _start_polling(self, **_: Any) -> None:

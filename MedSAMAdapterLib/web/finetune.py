@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from ..errors import InputError
 from ..scene import SceneController
 
-RECIPES = ("decoder", "medsa", "lora")
+RECIPES = ("decoder", "medsa", "lora", "autosam-vit", "autosam-cnn", "autosam-linear")
 
 
 @dataclass
@@ -49,6 +49,23 @@ class FinetuneJob:
         if self.running:
             self.process.terminate()
 
+    def use_result(self, controller: SceneController) -> tuple[str, str]:
+        """Put the run's result to use: a prompt-free model (finished run) is installed with the prompt-free
+        models -> ('auto_model', name); a click adapter (best epoch so far) replaces the controller's ->
+        ('adapter', path)."""
+        from ..scene import ModelSettings
+
+        progress = self.progress()
+        if progress.get("auto_model"):
+            if progress["state"] != "finished":
+                raise InputError("the prompt-free model is still training: wait until the run finishes")
+            return "auto_model", controller.install_auto_model(self.run_dir)
+        if not progress.get("adapter"):
+            raise InputError("no trained adapter yet: wait for the first finished epoch")
+        settings = controller.settings
+        controller.configure(ModelSettings(settings.name, progress["adapter"], settings.device, settings.intensity))
+        return "adapter", progress["adapter"]
+
     def progress(self) -> dict:
         """{epoch, epochs, loss, best, curve, adapter} + state ('running' / 'finished' / 'failed') and a log tail."""
         out = SceneController.training_progress(self.run_dir)
@@ -61,7 +78,8 @@ class FinetuneJob:
 
 def start_finetune(controller: SceneController, volume_node: Any, segmentation_node: Any, work_dir: Path,
                    recipe: str = "decoder", epochs: int = 5, extra_args: Sequence[str] = ()) -> FinetuneJob:
-    """Add the volume + segments as a case of ``work_dir/Dataset950_Web`` and start training on that folder."""
+    """Add the volume + segments as a case of ``work_dir/Dataset950_Web`` and start training on that folder
+    (every case added so far: label the next volume and train again to use them all)."""
     if recipe not in RECIPES:
         raise InputError(f"recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
     if volume_node is None or segmentation_node is None:

@@ -111,7 +111,9 @@ def _files_tab(app: "MedSamWebApp") -> None:
 
 
 def _finetune_tab(app: "MedSamWebApp") -> None:
-    html.Div("Train a click adapter on the current segments (runs `medsam-adapter finetune` in the background).",
+    html.Div("Train on the current segments (runs `medsam-adapter finetune` in the background): a click adapter "
+             "(decoder, medsa, lora) or a prompt-free model (autosam-*), which 'Use result' adds to the "
+             "prompt-free models.",
              classes="text-caption my-2")
     with html.Div(classes="d-flex ga-1"):
         v3.VSelect(v_model=("ft_recipe",), items=("ft_recipes",), density="compact", hide_details=True,
@@ -123,7 +125,8 @@ def _finetune_tab(app: "MedSamWebApp") -> None:
                 disabled=("ft.state === 'running'",))
         v3.VBtn("Cancel", click=app.ctrl.medsam_finetune_cancel, density="compact",
                 disabled=("ft.state !== 'running'",))
-        v3.VBtn("Use adapter", click=app.ctrl.medsam_use_adapter, density="compact", disabled=("!ft.adapter",))
+        v3.VBtn("Use result", click=app.ctrl.medsam_use_trained, density="compact", id="medsam-ft-use",
+                disabled=("!ft.adapter && !(ft.auto_model && ft.state === 'finished')",))
     with html.Div(v_if="ft.state", id="medsam-ft-progress"):
         html.Div("{{ ft.state }}: epoch {{ ft.epoch }} / {{ ft.epochs }}  loss {{ ft.loss }}",
                  classes="text-caption mt-1")

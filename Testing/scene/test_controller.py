@@ -211,3 +211,35 @@ def test_auto_models_for_a_volume_put_its_kind_of_image_first(setup):
         ordered = controller.auto_models_for(node)
         assert sorted(ordered) == sorted(names)
         assert ordered.index(first) < ordered.index(({"acdc_heart_autosam", "abdomen_ct_autosam"} - {first}).pop())
+
+
+def test_panel_trains_a_prompt_free_model_and_installs_it(setup, tmp_path, monkeypatch):
+    """The fine-tune panels' autosam-* recipes: the command is train-auto's, the finished run's model is copied
+    into the user model folder and listed with the prompt-free models."""
+    from MedSAMAdapterLib.cli import build_parser
+    from MedSAMAdapterLib.models.registry import build_tiny_test_model
+    from MedSAMAdapterLib.scene.controller import PANEL_AUGMENT
+    from MedSAMAdapterLib.training.auto_train import AutoTrainConfig, build_auto_split, train_auto
+    from MedSAMAdapterLib.training.cli_finetune import route_autosam_recipes
+
+    monkeypatch.setenv("MEDSAM_ADAPTER_HOME", str(tmp_path / "home"))
+    controller, volume, segmentation = scene_with_ball_segment(setup)
+    root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset902_Scene", case="a")
+    command = controller.finetune_command([root], tmp_path / "run", "autosam-cnn", 2, init_adapter="default")
+    assert "--init-adapter" not in command  # a head on the base encoder starts from nothing
+    parsed = build_parser().parse_args(route_autosam_recipes(command[3:]))
+    assert (parsed.head, parsed.epochs, parsed.augment, parsed.dataset) == ("cnn", 2, PANEL_AUGMENT, root)
+    with pytest.raises(InputError, match="one dataset"):
+        controller.finetune_command([root, root], tmp_path / "run", "autosam-vit", 2)
+
+    split = build_auto_split(root)
+    config = AutoTrainConfig(head="linear", epochs=1, device="cpu", cache_dir=str(tmp_path / "cache"))
+    train_auto(config, split.train, split.val, tmp_path / "work" / "run", split.labels, model=build_tiny_test_model())
+    progress = controller.training_progress(tmp_path / "work" / "run")
+    assert progress["epoch"] == 1 and progress["adapter"] is None
+    assert progress["auto_model"] == str(tmp_path / "work" / "run" / "auto_model.json")
+    name = controller.install_auto_model(tmp_path / "work" / "run")
+    assert name == "work_run" and controller.auto_models()[name] == tmp_path / "home" / "models" / "work_run.json"
+    assert (tmp_path / "home" / "models" / "work_run.safetensors").is_file()
+    with pytest.raises(WeightsError):
+        controller.install_auto_model(tmp_path / "missing")

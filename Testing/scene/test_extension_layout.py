@@ -236,3 +236,16 @@ def test_module_self_test_scenario_holds_headlessly(tmp_path):
     assert int(segmenter.segment_mask(sid).any(axis=(1, 2)).sum()) == 1
     path = save_segmentation(segmentation, tmp_path / "MedSAMAdapterTest.seg.nrrd")
     assert load_segmentation(scene, path).GetSegmentation().GetSegment(sid).GetName() == "ball"
+
+
+def test_panel_recipes_are_the_trainer_recipes():
+    """The module's recipe list (literal: Slicer reads it before torch is importable) and the web page's list
+    offer recipes the fine-tune CLI knows, the prompt-free ones included."""
+    from MedSAMAdapterLib.training.config import AUTOSAM_RECIPES, RECIPES
+    from MedSAMAdapterLib.web.finetune import RECIPES as WEB_RECIPES
+
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
+    module_recipes = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+                          and any(getattr(t, "id", None) == "RECIPES" for t in n.targets))
+    assert module_recipes == [*RECIPES, *AUTOSAM_RECIPES]
+    assert set(AUTOSAM_RECIPES) <= set(WEB_RECIPES) <= set(module_recipes)

@@ -59,3 +59,31 @@ def test_start_exports_the_case_and_runs_the_finetune_cli(tmp_path, monkeypatch)
         finetune.start_finetune(Controller(), "volume", "seg", tmp_path, "nope", 3)
     with pytest.raises(InputError, match="load a volume"):
         finetune.start_finetune(Controller(), None, None, tmp_path)
+
+
+def test_use_result_installs_a_prompt_free_model_or_switches_the_adapter(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDSAM_ADAPTER_HOME", str(tmp_path / "home"))
+    run = tmp_path / "runs" / "run001"
+    run.mkdir(parents=True)
+    (run / "history.json").write_text('{"config": {"epochs": 2}, "history": [{"epoch": 1, "loss": 0.5}]}')
+    configured = []
+
+    class Controller:
+        settings = type("S", (), {"name": "litemedsam", "adapter": None, "device": "cpu", "intensity": "auto"})()
+        configure = staticmethod(configured.append)
+        install_auto_model = staticmethod(lambda run_dir: f"installed:{run_dir.name}")
+
+    def job(returncode):
+        process = type("P", (), {"poll": lambda self: returncode})()
+        return FinetuneJob(["x"], run, tmp_path / "run001.log", process)
+
+    with pytest.raises(InputError, match="no trained adapter"):
+        job(None).use_result(Controller())
+    (run / "best_adapter.safetensors").write_bytes(b"adapter")
+    assert job(None).use_result(Controller()) == ("adapter", str(run / "best_adapter.safetensors"))
+    assert configured[-1].adapter == str(run / "best_adapter.safetensors")
+    (run / "best_adapter.safetensors").unlink()
+    (run / "auto_model.json").write_text("{}")
+    with pytest.raises(InputError, match="still training"):
+        job(None).use_result(Controller())
+    assert job(0).use_result(Controller()) == ("auto_model", "installed:run001")
