@@ -70,11 +70,14 @@ def evaluate_dataset(
     save_predictions: bool = True,
     n_examples: int = 3,
     regions: Mapping[str, Sequence[int]] | None = None,
+    cache_on_disk: bool = False,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
     ``out_dir`` defaults to ``runs/eval/<dataset>-<protocol>-<model>``. ``session_factory`` (volume -> session)
-    replaces model loading, e.g. in tests. ``regions``: score unions of labels instead of the labels (see the
+    replaces model loading, e.g. in tests. ``cache_on_disk``: read and write the embedding disk cache shared with
+    sessions and training (a second evaluation of the same encoder on the same cases skips the encoder); by
+    default embeddings live in memory for one case. ``regions``: score unions of labels instead of the labels (see the
     module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). Returns the summary dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
@@ -84,7 +87,7 @@ def evaluate_dataset(
         raise InputError("regions apply to the box and clicks protocols; an automatic model predicts its classes")
     if protocol == "auto":
         adapter_path = None
-        session_factory = session_factory or auto_session_factory(model_name, device)
+        session_factory = session_factory or auto_session_factory(model_name, device, cache_on_disk)
     elif session_factory is None:
         from ..models.loading import resolve_adapter
 
@@ -97,7 +100,7 @@ def evaluate_dataset(
     selected = _select_cases(dataset.cases, cases, max_cases)
     out = Path(out_dir) if out_dir is not None else \
         Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
-    factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity)
+    factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
     started = time.perf_counter()
     for case in _progress(selected, progress, f"{protocol} {dataset.name}"):
@@ -118,9 +121,11 @@ def evaluate_dataset(
 
 
 def default_session_factory(
-    model_name: str, adapter: Path | None = None, device: str = "cpu", intensity: Any = None
+    model_name: str, adapter: Path | None = None, device: str = "cpu", intensity: Any = None,
+    cache_on_disk: bool = False,
 ) -> SessionFactory:
-    """Load the model once; each case gets a fresh session with a memory-only embedding cache.
+    """Load the model once; each case gets a fresh session with an embedding cache of its own (memory only) or,
+    with ``cache_on_disk``, one shared disk-backed cache.
 
     The cache lets every label and every click on a slice reuse one encoder pass; it needs a frozen encoder
     (the session refuses to cache a trainable one), and nothing is trained here, so all weights are frozen.
@@ -133,8 +138,10 @@ def default_session_factory(
     model = open_model(model_name, adapter=adapter or NO_ADAPTER, device=device)
     policy = IntensityPolicy.parse(intensity) if intensity is not None else None
 
+    shared = EmbeddingCache() if cache_on_disk else None
+
     def factory(volume: Any) -> Any:
-        return InteractiveSession(volume, model, cache=EmbeddingCache(use_disk=False), intensity=policy)
+        return InteractiveSession(volume, model, cache=shared or EmbeddingCache(use_disk=False), intensity=policy)
 
     return factory
 
@@ -194,16 +201,17 @@ class AutoRun:
         return np.asarray(self.segmenter.predict(self.volume))
 
 
-def auto_session_factory(model_path: str | Path, device: str = "cpu") -> SessionFactory:
-    """Load the automatic model once (``engine.auto.AutoSegmenter``, memory-only embedding cache for 2D heads);
-    each case gets an :class:`AutoRun`."""
+def auto_session_factory(model_path: str | Path, device: str = "cpu", cache_on_disk: bool = False
+                         ) -> SessionFactory:
+    """Load the automatic model once (``engine.auto.AutoSegmenter``; 2D heads: a memory-only embedding cache, or
+    the disk cache with ``cache_on_disk``); each case gets an :class:`AutoRun`."""
     from ..engine.auto import AutoSegmenter
     from ..engine.cache import EmbeddingCache
 
     if not Path(model_path).with_suffix(".json").exists() and not Path(f"{model_path}.json").exists():
         raise InputError(f"--protocol auto needs an automatic model file for --model (<stem>.safetensors + "
                          f"<stem>.json), got {model_path!r}")
-    segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=False))
+    segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=cache_on_disk))
     return lambda volume: AutoRun(volume, segmenter)
 
 

@@ -90,3 +90,14 @@ def test_argparse_usage_error_exits_2(capsys):
 def test_info_lists_models(capsys):
     code, out, _ = run(["info"], capsys)
     assert code == 0 and "litemedsam" in out
+
+
+@pytest.mark.parametrize("flags,on_disk,intensity", [([], True, "auto"), (["--no-cache", "--intensity", "minmax"],
+                                                                          False, "minmax")])
+def test_evaluate_passes_cache_and_intensity_flags(tmp_path, monkeypatch, capsys, flags, on_disk, intensity):
+    from MedSAMAdapterLib.evaluation import protocols
+
+    seen = {}
+    monkeypatch.setattr(protocols, "evaluate_dataset", lambda *a, **kw: seen.update(kw) or {"overall": {}})
+    code, _, _ = run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), *flags], capsys)
+    assert code == 0 and seen["cache_on_disk"] is on_disk and seen["intensity"] == intensity
