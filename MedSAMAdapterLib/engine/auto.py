@@ -175,7 +175,7 @@ class AutoSegmenter:
         if margin is None:
             return run(volume, progress)
         whole = run(volume, (lambda d, t: progress(d, 2 * t)) if progress else None)
-        box = box_around(found(whole) > 0, margin)
+        box = box_around(found(whole) > 0, margin, self.base_model.image_size)
         if box is not None and not box.covers(volume.shape[1:]):
             zoomed = run(crop_volume(volume, box), (lambda d, t: progress(t + d, 2 * t)) if progress else None)
             whole = paste(whole, box, zoomed)

@@ -100,9 +100,10 @@ def crop_case(case: TrainingCase, box: PlaneBox, case_id: str, intensity: str = 
                      case.dataset, intensity, case.label_names, case.regions)
 
 
-def roi_copies(cases: Sequence[TrainingCase], margin: float, seed: int = 0, intensity: str = "auto",
+def roi_copies(cases: Sequence[TrainingCase], margin: float, min_side: int, seed: int = 0, intensity: str = "auto",
                jitter: bool = True) -> list[TrainingCase]:
-    """One crop per case around its ground truth (ids ``<case>_roi``); cases without foreground are skipped.
+    """One crop per case around its ground truth (ids ``<case>_roi``), at least ``min_side`` (the encoder's input
+    size) wide; cases without foreground, or whose box is the whole plane, are skipped.
 
     ``jitter``: a random margin in [0.5, 1.5] x ``margin`` and a centre shift of up to 0.1 x the side (training,
     so the head tolerates a pass-1 box that is too tight, too loose or off-centre); without it the crop is the
@@ -112,7 +113,7 @@ def roi_copies(cases: Sequence[TrainingCase], margin: float, seed: int = 0, inte
     for index, case in enumerate(cases):
         rng = np.random.default_rng([seed, index, 7919])
         scale, shift = (rng.uniform(0.5, 1.5), tuple(rng.uniform(-0.1, 0.1, 2))) if jitter else (1.0, (0.0, 0.0))
-        box = box_around(foreground(case), margin * scale, shift)
-        if box is not None:
+        box = box_around(foreground(case), margin * scale, min_side, shift)
+        if box is not None and not box.covers(case.labels.shape[1:]):
             out.append(crop_case(case, box, f"{case.case_id}_roi", intensity))
     return out

@@ -29,7 +29,8 @@ Choices:
   as ``<run_dir>/auto_model.safetensors`` + ``.json``; ``patience`` epochs without improvement stop the run.
   Without validation cases the last epoch is saved.
 - **Zoom pass** (``roi_margin``, ``engine/roi.py``): the training planes also include one crop of every training
-  case (and augmented copy) around its ground truth, with a random margin and shift; the validation cases are also
+  case (and augmented copy) around its ground truth, with a random margin and shift, never narrower than the
+  encoder's input (planes already that small get no crop and the run is an ordinary one-pass run); the validation cases are also
   cropped around their ground truth with the margin itself (what inference draws around a perfect first pass), and
   the Dice on those crops (``val_roi_dice_*``, an oracle-box score of the second pass) picks the best epoch. The
   real two-pass result of the saved model is what ``evaluate --protocol auto`` scores.
@@ -388,9 +389,10 @@ def train_auto(
     if cfg.roi_margin is not None:
         from .augment import roi_copies
 
-        crops = roi_copies(embedded_cases, cfg.roi_margin, cfg.seed, cfg.intensity)
+        side = int(model.image_size)
+        crops = roi_copies(embedded_cases, cfg.roi_margin, side, cfg.seed, cfg.intensity)
         embedded_cases += crops
-        roi_val_cases = roi_copies(val_cases or [], cfg.roi_margin, cfg.seed, cfg.intensity, jitter=False)
+        roi_val_cases = roi_copies(val_cases or [], cfg.roi_margin, side, cfg.seed, cfg.intensity, jitter=False)
         stats["roi_cases"] = {"train": len(crops), "val": len(roi_val_cases)}
     directory = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "embeddings"
     cache = EmbeddingCache(directory, memory_bytes=256 * 2**20, use_disk=cfg.cache_on_disk)

@@ -79,7 +79,8 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
                         "embedded once and cached (default: 0)")
     t.add_argument("--roi-margin", type=float, metavar="FRACTION",
                    help="2D heads: locate, then zoom - a second pass on the square box around what the first found, "
-                        "grown by FRACTION x its size per side (e.g. 0.25); trains on ground-truth crops too and "
+                        "grown by FRACTION x its size per side (e.g. 0.25) but never narrower than the encoder's "
+                        "input, for planes larger than it (e.g. 512 px CT); trains on ground-truth crops too and "
                         "picks the epoch on them (default: off, one pass)")
     t.add_argument("--store-dtype", choices=("float32", "float16"), default="float32",
                    help="dtype of the saved head tensors (float16 halves the file)")
