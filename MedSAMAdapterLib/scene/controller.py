@@ -148,16 +148,21 @@ class SceneController:
     @classmethod
     def auto_models(cls) -> dict[str, Path]:
         """{name: card path} of the prompt-free models found (cards that do not read are skipped)."""
+        return {name: path for name, (path, _) in cls._auto_model_cards().items()}
+
+    @classmethod
+    def _auto_model_cards(cls) -> dict[str, tuple[Path, dict]]:
+        """{name: (card path, card)}; the first folder wins a name found twice."""
         from ..models.auto_heads import read_auto_card
 
-        found: dict[str, Path] = {}
+        found: dict[str, tuple[Path, dict]] = {}
         for folder in cls.auto_model_folders():
-            for card in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
                 try:
-                    read_auto_card(card)
+                    card = read_auto_card(path)
                 except Exception:  # noqa: BLE001 - adapter cards and other JSON files live here too
                     continue
-                found.setdefault(card.name[: -len(".json")], card)
+                found.setdefault(path.name[: -len(".json")], (path, card))
         return found
 
     @classmethod
@@ -166,15 +171,14 @@ class SceneController:
         look like Hounsfield units, else the non-CT models: a cardiac MR should not default to an abdominal CT
         model), then by name. Without a volume: by name."""
         from ..engine.preprocessing import looks_like_ct
-        from ..models.auto_heads import read_auto_card
 
-        models = cls.auto_models()
+        models = cls._auto_model_cards()
         if volume_node is None:
             return sorted(models)
         ct = looks_like_ct(volume_from_node(volume_node).array)
 
         def mismatch(name: str) -> bool:
-            modality = read_auto_card(models[name]).get("training", {}).get("data", {}).get("modality")
+            modality = models[name][1].get("training", {}).get("data", {}).get("modality")
             return modality is not None and (str(modality).upper() == "CT") != ct
 
         return sorted(models, key=lambda name: (mismatch(name), name))
@@ -224,11 +228,15 @@ class SceneController:
 
         from ..engine.volume import write_label_map
 
+        from ..engine.preprocessing import looks_like_ct
+
         root = Path(dataset_dir)
         meta_path = root / "dataset.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {
-            "channel_names": {"0": "image"}, "labels": {"background": 0}, "numTraining": 0, "file_ending": ".nii.gz"}
         volume = volume_from_node(volume_node)
+        # the channel name is the modality a model trained here records (CT models are offered for CT first)
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {
+            "channel_names": {"0": "CT" if looks_like_ct(volume.array) else "image"}, "labels": {"background": 0},
+            "numTraining": 0, "file_ending": ".nii.gz"}
         if volume.is_rgb:
             raise InputError("colour volumes cannot be exported for fine-tuning; pick a scalar volume")
         grid = VoxelGrid(volume.shape, ijk_to_world_matrix(volume_node), segmentation_node)

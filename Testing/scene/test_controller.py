@@ -225,6 +225,7 @@ def test_panel_trains_a_prompt_free_model_and_installs_it(setup, tmp_path, monke
     monkeypatch.setenv("MEDSAM_ADAPTER_HOME", str(tmp_path / "home"))
     controller, volume, segmentation = scene_with_ball_segment(setup)
     root = controller.export_training_case(volume, segmentation, tmp_path / "Dataset902_Scene", case="a")
+    assert json.loads((root / "dataset.json").read_text())["channel_names"] == {"0": "image"}  # not Hounsfield
     command = controller.finetune_command([root], tmp_path / "run", "autosam-cnn", 2, init_adapter="default")
     assert "--init-adapter" not in command  # a head on the base encoder starts from nothing
     parsed = build_parser().parse_args(route_autosam_recipes(command[3:]))
