@@ -23,9 +23,11 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; outputs should be readable like any file
+    mode = 0o666 & ~_current_umask()  # mkstemp makes 0600; outputs should be readable like any file
+    os.chmod(tmp, mode)
     try:
         yield tmp
+        os.chmod(tmp, mode)  # again: writers that recreate the file (safetensors) bring back 0600
         os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -210,3 +210,18 @@ def test_half_precision_copy_loads_and_stays_close(tmp_path):
     assert loaded.weights_sha256 != load_adapter(tmp_path / "full.safetensors", build_tiny_test_model()).weights_sha256
     with pytest.raises(InputError, match="floating"):
         checkpoints.store_adapter_as(tmp_path / "full.safetensors", tmp_path / "bad", "int8")
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    """safetensors writes its file anew (mode 0600); the atomic writer must still leave umask-normal files, or a
+    shipped or shared adapter is unreadable to other users."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_adapter(tmp_path / "a", trained("decoder"), "decoder")
+    finally:
+        os.umask(old)
+    for file in (path, adapter_paths(path)[1]):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
