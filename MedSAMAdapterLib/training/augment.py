@@ -72,8 +72,13 @@ def augment_case(case: TrainingCase, rng: np.random.Generator, intensity: str = 
     labels = np.rint(np.asarray(moved["label"])).astype(case.labels.dtype)
     warped = _random_gamma(warped, rng, settings.gamma) + floor
     volume = Volume(warped, case.volume.geometry, case.volume.source)
-    return make_case(case_id or f"{case.case_id}_aug", volume, labels, case.label_values, case.dataset, intensity,
-                     case.label_names, case.regions)
+    return _derived(case, case_id or f"{case.case_id}_aug", volume, labels, intensity)
+
+
+def _derived(case: TrainingCase, case_id: str, volume: Volume, labels: np.ndarray, intensity: str) -> TrainingCase:
+    """A new case of ``case``'s dataset with its targets and names, on a transformed or cropped grid."""
+    return make_case(case_id, volume, labels, case.label_values, case.dataset, intensity, case.label_names,
+                     case.regions)
 
 
 def _random_gamma(image: np.ndarray, rng: np.random.Generator, gamma_range: tuple[float, float]) -> np.ndarray:
@@ -96,8 +101,7 @@ def foreground(case: TrainingCase) -> np.ndarray:
 def crop_case(case: TrainingCase, box: PlaneBox, case_id: str, intensity: str = "auto") -> TrainingCase:
     """``case`` cut to ``box`` on every plane (image, labels and geometry)."""
     rows, cols = box.slices
-    return make_case(case_id, crop_volume(case.volume, box), case.labels[:, rows, cols], case.label_values,
-                     case.dataset, intensity, case.label_names, case.regions)
+    return _derived(case, case_id, crop_volume(case.volume, box), case.labels[:, rows, cols], intensity)
 
 
 def roi_copies(cases: Sequence[TrainingCase], margin: float, min_side: int, seed: int = 0, intensity: str = "auto",
