@@ -53,7 +53,8 @@ from torch import Tensor
 from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
-from .datasets import SLICE_AXIS, SplitOptions, TrainingCase, choose_split, onto_one_orientation
+from .datasets import SLICE_AXIS, TrainingCase, onto_one_orientation
+from .splits import SplitOptions, choose_split
 from .common import TrainEvent, dice_np, finite_or_none, lr_lambda, nanmean, param_groups, resolve_device
 
 MODEL_STEM = "auto_model"

@@ -103,7 +103,7 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_split_options(p: argparse.ArgumentParser) -> None:
-    """How cases are split into training and validation (``datasets.choose_split``); shared by the trainers."""
+    """How cases are split into training and validation (``splits.choose_split``); shared by the trainers."""
     p.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of patients (default: 0.2)")
     p.add_argument("--train-cases", action="append", default=[], metavar="CASE|PATIENT[,...]",
                    help="train only on these cases or patients (e.g. patient002 = both ACDC frames)")
@@ -115,8 +115,8 @@ def add_split_options(p: argparse.ArgumentParser) -> None:
 
 
 def split_options(args: argparse.Namespace) -> Any:
-    """The ``datasets.SplitOptions`` of parsed ``add_split_options`` flags (+ ``--seed``)."""
-    from .datasets import SplitOptions
+    """The ``splits.SplitOptions`` of parsed ``add_split_options`` flags (+ ``--seed``)."""
+    from .splits import SplitOptions
 
     return SplitOptions(args.val_fraction, args.seed, tuple(comma_items(args.train_cases) or ()),
                         tuple(comma_items(args.val_cases) or ()), args.max_train_patients, args.val_patients)

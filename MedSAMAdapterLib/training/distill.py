@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from .common import ProgressCallback, nanmean
-from .datasets import SplitOptions
+from .splits import SplitOptions
 
 
 @dataclasses.dataclass

@@ -2,7 +2,7 @@
 
 One ``Trainer`` per run directory::
 
-    split = datasets.build_nnunet_split(["Dataset101_BUSI"], datasets.SplitOptions(val_fraction=0.2))
+    split = datasets.build_nnunet_split(["Dataset101_BUSI"], splits.SplitOptions(val_fraction=0.2))
     trainer = Trainer(TrainConfig(recipe="decoder", epochs=5), split.train, split.val, "runs/busi",
                       data_description=split.description)
     history = trainer.fit(progress=print)            # or fit(resume=True) after an interruption

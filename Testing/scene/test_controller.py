@@ -170,7 +170,8 @@ def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):
     from MedSAMAdapterLib.cli import build_parser
     from MedSAMAdapterLib.models.checkpoints import load_adapter
     from MedSAMAdapterLib.models.registry import build_tiny_test_model
-    from MedSAMAdapterLib.training.datasets import SplitOptions, build_nnunet_split
+    from MedSAMAdapterLib.training.datasets import build_nnunet_split
+    from MedSAMAdapterLib.training.splits import SplitOptions
     from MedSAMAdapterLib.training.prompts import PromptPolicy
     from MedSAMAdapterLib.training.config import TrainConfig
     from MedSAMAdapterLib.training.trainer import Trainer

@@ -27,7 +27,7 @@ from MedSAMAdapterLib.models.checkpoints import base_identity
 from MedSAMAdapterLib.models.registry import build_tiny_test_model, model_fingerprint
 from MedSAMAdapterLib.training.auto_train import (AutoTrainConfig, build_auto_split, nearest_model_target,
                                                   train_auto)
-from MedSAMAdapterLib.training.datasets import SplitOptions
+from MedSAMAdapterLib.training.splits import SplitOptions
 from Testing.conftest import make_volume
 
 REPO = Path(__file__).resolve().parents[2]

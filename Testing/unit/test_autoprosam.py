@@ -20,7 +20,7 @@ from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.models.students import build_student
 from MedSAMAdapterLib.models.volumetric import load_volumetric_model
 from MedSAMAdapterLib.training.auto_train import build_auto_split
-from MedSAMAdapterLib.training.datasets import SplitOptions
+from MedSAMAdapterLib.training.splits import SplitOptions
 from MedSAMAdapterLib.training.distill import DistillOptions, distill
 from MedSAMAdapterLib.training.patches import PatchCase, PatchSampler
 from MedSAMAdapterLib.training.volumetric_train import (VolumetricTrainConfig, VolumetricTrainer,

@@ -14,7 +14,8 @@ from MedSAMAdapterLib.models.auto_heads import AutoClass
 from MedSAMAdapterLib.models.volumetric import classes_for
 from MedSAMAdapterLib.training.augment import augment_case, augmented_copies
 from MedSAMAdapterLib.training.auto_train import AutoTrainConfig, build_auto_split, clean_class_maps, train_auto
-from MedSAMAdapterLib.training.datasets import SplitOptions, make_case
+from MedSAMAdapterLib.training.datasets import make_case
+from MedSAMAdapterLib.training.splits import SplitOptions
 from Testing.unit.test_auto import TINY_OPTIONS, synthetic_case, tiny, write_nnunet  # noqa: F401 (fixture)
 
 

@@ -18,7 +18,8 @@ from MedSAMAdapterLib.models.auto_heads import load_auto_model, save_auto_model
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.training.augment import foreground, roi_copies
 from MedSAMAdapterLib.training.auto_train import AutoTrainConfig, build_auto_split, train_auto
-from MedSAMAdapterLib.training.datasets import SplitOptions, make_case
+from MedSAMAdapterLib.training.datasets import make_case
+from MedSAMAdapterLib.training.splits import SplitOptions
 from Testing.unit.test_auto import TINY_OPTIONS, synthetic_case, tiny_auto_model, write_nnunet
 
 

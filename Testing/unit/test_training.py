@@ -19,7 +19,8 @@ from MedSAMAdapterLib.engine.preprocessing import SliceTransform, volume_to_disp
 from MedSAMAdapterLib.errors import InputError, WeightsError
 from MedSAMAdapterLib.models.checkpoints import load_adapter, read_card
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
-from MedSAMAdapterLib.training.datasets import SplitOptions, build_array_split, build_nnunet_split, make_case
+from MedSAMAdapterLib.training.datasets import build_array_split, build_nnunet_split, make_case
+from MedSAMAdapterLib.training.splits import SplitOptions
 from MedSAMAdapterLib.training.prompts import PromptPolicy, PromptSimulator
 from MedSAMAdapterLib.training.config import TrainConfig
 from MedSAMAdapterLib.training.trainer import STATE_FILE, Trainer, model_space_target

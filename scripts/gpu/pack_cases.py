@@ -42,7 +42,7 @@ def shrink_picture(image: np.ndarray, labels: np.ndarray, max_side: int) -> tupl
 
 def choose_cases(root: Path, args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if args.train_patients or args.val_patients:
-        from MedSAMAdapterLib.training.datasets import SplitOptions, choose_split
+        from MedSAMAdapterLib.training.splits import SplitOptions, choose_split
 
         return choose_split(open_dataset(root).cases, SplitOptions(seed=args.seed, max_train_patients=args.train_patients,
                                                                    val_patients=args.val_patients))

@@ -72,7 +72,7 @@ def run_train_auto(args: argparse.Namespace) -> int:
     train, val, meta = read_packed(args.dataset, intensity)
     if args.train_cases:  # a few-shot subset of the packed training patients
         from MedSAMAdapterLib.training.cli_finetune import comma_items
-        from MedSAMAdapterLib.training.datasets import SplitOptions, choose_split
+        from MedSAMAdapterLib.training.splits import SplitOptions, choose_split
 
         options = SplitOptions(0.0, train_cases=tuple(comma_items(args.train_cases)))
         keep = set(choose_split([c.case_id for c in train], options)[0])
