@@ -328,6 +328,7 @@ def import_label_map(grid: "VoxelGrid", labels: np.ndarray, names: "dict[int, st
     absent from ``labels`` gives an empty segment, to be drawn by hand. Existing segments are left alone.
     Returns {label value: new segment id}.
     """
+    ensure_segmentation_support()  # a scene where no bridge ran yet has no labelmap representation
     from ..engine.volume import default_color
 
     labels = np.asarray(labels)
