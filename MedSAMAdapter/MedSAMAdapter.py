@@ -206,7 +206,8 @@ class MedSAMAdapterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAutoRun(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Automatic segmentation failed."), waitCursor=True):
-            self.ui.statusLabel.text = self.logic.runAuto(self._parameterNode, self.ui.autoModelComboBox.currentText)
+            self.ui.statusLabel.text = self.logic.runAuto(self._parameterNode, self.ui.autoModelComboBox.currentText,
+                                                          self.ui.autoRefineCheckBox.checked)
 
     def onFinetuneStart(self) -> None:
         from MedSAMAdapterSlicerLib.finetune import FinetuneProcess
@@ -392,12 +393,13 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
             return []
         return SceneController.auto_models_for(volumeNode)
 
-    def runAuto(self, parameterNode, modelName: str) -> str:
+    def runAuto(self, parameterNode, modelName: str, refineBoxes: bool = False) -> str:
         if not modelName:
             raise ValueError(_("No prompt-free model found: put one (.safetensors + .json card) in the model "
                                "folder listed in the Models section, or train one with 'medsam-adapter'."))
         segmenter = self.segmenter(parameterNode)
-        created = self.controller.run_auto(parameterNode.inputVolume, segmenter.segmentation_node, modelName)
+        created = self.controller.run_auto(parameterNode.inputVolume, segmenter.segmentation_node, modelName,
+                                           refine_boxes=refineBoxes)
         return _("Added {count} segments.").format(count=len(created))
 
     # --- fine-tuning ---------------------------------------------------------------------------------------------

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--region", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
                           help="score a union of labels instead of the labels (repeatable; labels by value or "
                                "name), e.g. --region optic_disc=1,2 --region optic_cup=2")
+    from .training.cli_auto import add_refine_boxes_argument
+
+    add_refine_boxes_argument(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     from .training.cli_auto import add_auto_parsers
@@ -320,7 +323,7 @@ def run_evaluate(args) -> int:
     summary = evaluate_dataset(
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device), regions=regions,
-        intensity=args.intensity, cache_on_disk=not args.no_cache,
+        intensity=args.intensity, cache_on_disk=not args.no_cache, refine_boxes=args.refine_boxes,
     )
     print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")

@@ -72,8 +72,11 @@ class AutoSegmenter:
                  weights: str | os.PathLike | None = None, cache: Any = None) -> None:
         from ..models.volumetric import is_volumetric, load_volumetric_model
 
+        from .cache import EmbeddingCache
+
         self.path = Path(path)
         self.device = device
+        self.cache = cache if cache is not None else EmbeddingCache()  # also for a box refiner's session
         self.volumetric = None
         self.head = None
         if is_volumetric(path):
@@ -81,12 +84,11 @@ class AutoSegmenter:
             self.kind, self.classes = self.volumetric.arch, self.volumetric.classes
             self.intensity, self.orientation = self.volumetric.intensity, self.volumetric.orientation
             return
-        self._open_head(base_model, weights, cache)
+        self._open_head(base_model, weights)
 
-    def _open_head(self, base_model: Any, weights: Any, cache: Any) -> None:
+    def _open_head(self, base_model: Any, weights: Any) -> None:
         from ..models.auto_heads import load_auto_model
         from ..models.checkpoints import base_identity
-        from .cache import EmbeddingCache
 
         self.head = load_auto_model(self.path, device=self.device)
         if base_model is None:
@@ -99,7 +101,6 @@ class AutoSegmenter:
                                f"'{self.head.base_model}' (sha256 {self.head.base_sha256}) but the model given is "
                                f"'{name}' (sha256 {sha})")
         self.base_model = base_model
-        self.cache = cache if cache is not None else EmbeddingCache()
         self.kind, self.classes, self.intensity = f"autosam-{self.head.head_type}", self.head.classes, self.head.intensity
         self.orientation = self.head.orientation
 
@@ -183,9 +184,51 @@ class AutoSegmenter:
             progress(1, 1)
         return whole
 
-    def segment(self, volume: Volume, progress: ProgressCallback | None = None
-                ) -> tuple[np.ndarray, list[AutoSegment]]:
-        labels = self.predict(volume, progress)
+    @property
+    def outputs(self) -> Any:
+        """The loaded model's ``ClassOutputs`` (label values, single-component cleaning)."""
+        return self.volumetric if self.volumetric is not None else self.head
+
+    def slice_axis(self, volume: Volume) -> int:
+        """The axis of ``volume``'s own array that the model slices along (its orientation's first axis)."""
+        mapping = volume.reorientation(self.orientation)
+        return 0 if mapping is None else int(mapping.source_axes[0])
+
+    def predict_refined(self, volume: Volume, predictor: Any, policy: Any = None,
+                        progress: ProgressCallback | None = None,
+                        refine_progress: ProgressCallback | None = None) -> np.ndarray:
+        """Label map like :meth:`predict`, then every class redrawn plane by plane by ``predictor`` (an
+        ``InteractiveSession`` on this volume) from boxes around the automatic masks (``engine/refine.py``)."""
+        import torch
+
+        from .refine import BoxRefinement, refine_with_boxes
+
+        logits = self.logits(volume, progress)
+        probabilities = np.empty(tuple(logits.shape), np.float16)  # half the memory of the logits, enough to rank
+        for index in range(logits.shape[1]):
+            probabilities[:, index] = torch.softmax(logits[:, index].float(), 0).numpy()
+        del logits
+        classes = self.outputs.class_indices(self.outputs.label_map(probabilities.argmax(0)))
+        rings = [k for k, c in enumerate(self.classes, 1) if c.box_prompt is False]
+        refined = refine_with_boxes(probabilities, classes, predictor, self.slice_axis(volume),
+                                    policy or BoxRefinement(), refine_progress, keep=rings)
+        return self.outputs.label_map(refined)
+
+    def refine_session(self, volume: Volume, refiner: Any) -> Any:
+        """An interactive session of the promptable model ``refiner`` (``open_box_refiner``) on ``volume``, with
+        this model's intensity policy and embedding cache (a base-model refiner reuses the head's embeddings)."""
+        from .preprocessing import IntensityPolicy
+        from .session import InteractiveSession
+
+        return InteractiveSession(volume, refiner, self.cache, IntensityPolicy.parse(self.intensity))
+
+    def segment(self, volume: Volume, progress: ProgressCallback | None = None, *, refine_with: Any = None,
+                refine_progress: ProgressCallback | None = None) -> tuple[np.ndarray, list[AutoSegment]]:
+        """(label map, segments); with ``refine_with`` (an interactive session on ``volume``) box-refined."""
+        if refine_with is None:
+            labels = self.predict(volume, progress)
+        else:
+            labels = self.predict_refined(volume, refine_with, progress=progress, refine_progress=refine_progress)
         return labels, segments_for(labels, self.classes)
 
 
@@ -207,6 +250,23 @@ def run_auto(
     """
     segmenter = AutoSegmenter(auto_model_path, device, base_model=base_model, weights=weights, cache=cache)
     return segmenter.segment(volume, progress)
+
+
+DEFAULT_PROMPTABLE_MODEL = "litemedsam"
+
+
+def open_box_refiner(segmenter: AutoSegmenter, adapter: str = "default", device: str = "cpu",
+                     weights: str | os.PathLike | None = None) -> Any:
+    """The promptable model that redraws an automatic result from boxes: the automatic model's base model (a
+    student without one: LiteMedSAM) with ``adapter``: ``default`` (the shipped click adapter, best boxes), ``none``
+    (the base model: its embeddings are the ones a 2D head already computed, so refinement costs only decoder
+    passes) or an adapter file."""
+    from ..models.loading import open_model
+
+    name = getattr(segmenter.outputs, "base_model", None) or DEFAULT_PROMPTABLE_MODEL
+    if adapter == "none" and segmenter.head is not None and weights is None:
+        return segmenter.base_model
+    return open_model(name, weights=weights, adapter=None if adapter == "default" else adapter, device=device)
 
 
 def auto_then_refine(session: Any, auto_result: tuple[np.ndarray, Sequence[AutoSegment]],

@@ -145,6 +145,11 @@ class InteractiveSession:
             self._logit_memo[(segment_id, axis, index)] = logits
             return result
 
+    def predict_slice(self, axis: int, index: int, prompts: SlicePrompts) -> SliceResult:
+        """The model's mask for ``prompts`` on one slice, without touching any segment (no previous mask)."""
+        with self._lock:
+            return self._predict(None, axis, index, prompts, None)[0]
+
     def segment_prompts(self, segment_id: str, prompts: VolumePrompts, axis: int) -> SliceResult:
         """Prompts in voxel indices (from RAS/LPS via ``geometry``) on the slice they lie on."""
         index, slice_prompts = prompts.on_slice(axis)
@@ -214,7 +219,7 @@ class InteractiveSession:
         return written
 
     def _predict(
-        self, segment_id: str, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None
+        self, segment_id: str | None, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None
     ) -> tuple[SliceResult, torch.Tensor]:
         embedding = self.embedder.embedding(axis, index)
         transform = self.embedder.transform(axis, index)

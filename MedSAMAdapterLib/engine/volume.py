@@ -104,13 +104,18 @@ class Volume:
         Unchanged (map None) when ``code`` is None, the volume is already so, or it is a 2D image (a picture's
         rows and columns are used as stored: its geometry says nothing about the patient).
         """
-        if code is None or self.is_2d or self.is_rgb:
-            return self, None
-        mapping = Reorientation.to_code(self.geometry, self.shape, code)
-        if mapping.is_identity:
+        mapping = self.reorientation(code)
+        if mapping is None:
             return self, None
         array = np.ascontiguousarray(mapping.apply(self.array))
         return Volume(array, mapping.geometry, self.source, self.is_rgb), mapping
+
+    def reorientation(self, code: str | None) -> Reorientation | None:
+        """The map onto the grid of orientation ``code`` (see :meth:`reoriented`); None when nothing changes."""
+        if code is None or self.is_2d or self.is_rgb:
+            return None
+        mapping = Reorientation.to_code(self.geometry, self.shape, code)
+        return None if mapping.is_identity else mapping
 
     def check_segmentable(self) -> None:
         """A constant image carries no edges to segment; say so rather than return an arbitrary mask."""

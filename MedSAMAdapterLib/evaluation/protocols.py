@@ -71,6 +71,7 @@ def evaluate_dataset(
     n_examples: int = 3,
     regions: Mapping[str, Sequence[int]] | None = None,
     cache_on_disk: bool = False,
+    refine_boxes: str | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
@@ -78,16 +79,20 @@ def evaluate_dataset(
     replaces model loading, e.g. in tests. ``cache_on_disk``: read and write the embedding disk cache shared with
     sessions and training (a second evaluation of the same encoder on the same cases skips the encoder); by
     default embeddings live in memory for one case. ``regions``: score unions of labels instead of the labels (see the
-    module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). Returns the summary dict (NaN where JSON has null).
+    module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). ``refine_boxes`` (``auto`` only):
+    redraw the automatic result from boxes with the base model and this adapter (``default``, ``none`` or a file;
+    ``engine/refine.py``). Returns the summary dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
 
     _check_protocol(protocol)
     if regions and protocol == "auto":
         raise InputError("regions apply to the box and clicks protocols; an automatic model predicts its classes")
+    if refine_boxes is not None and protocol != "auto":
+        raise InputError("box refinement applies to the auto protocol")
     if protocol == "auto":
         adapter_path = None
-        session_factory = session_factory or auto_session_factory(model_name, device, cache_on_disk)
+        session_factory = session_factory or auto_session_factory(model_name, device, cache_on_disk, refine_boxes)
     elif session_factory is None:
         from ..models.loading import resolve_adapter
 
@@ -102,6 +107,8 @@ def evaluate_dataset(
         Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
     factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
+    if protocol == "auto":
+        summary["box_refinement"] = refine_boxes
     started = time.perf_counter()
     for case in _progress(selected, progress, f"{protocol} {dataset.name}"):
         record, prediction = evaluate_case(dataset, case, protocol, factory, nsd_tolerance_mm, targets)
@@ -187,10 +194,11 @@ def evaluate_case(
 
 
 class AutoRun:
-    """One case of the ``auto`` protocol: the volume and the automatic model that segments it."""
+    """One case of the ``auto`` protocol: the volume, the automatic model that segments it and, for box
+    refinement, the promptable model that redraws its result."""
 
-    def __init__(self, volume: Any, segmenter: Any) -> None:
-        self.volume, self.segmenter = volume, segmenter
+    def __init__(self, volume: Any, segmenter: Any, refiner: Any = None) -> None:
+        self.volume, self.segmenter, self.refiner = volume, segmenter, refiner
 
     @property
     def values_by_class_key(self) -> dict[str, int]:
@@ -198,21 +206,28 @@ class AutoRun:
         return {class_key(c.name): int(c.label_value) for c in self.segmenter.classes}
 
     def labels(self) -> np.ndarray:
-        return np.asarray(self.segmenter.predict(self.volume))
+        if self.refiner is None:
+            return np.asarray(self.segmenter.predict(self.volume))
+        session = self.segmenter.refine_session(self.volume, self.refiner)
+        try:
+            return np.asarray(self.segmenter.segment(self.volume, refine_with=session)[0])
+        finally:
+            session.close()
 
 
-def auto_session_factory(model_path: str | Path, device: str = "cpu", cache_on_disk: bool = False
-                         ) -> SessionFactory:
-    """Load the automatic model once (``engine.auto.AutoSegmenter``; 2D heads: a memory-only embedding cache, or
-    the disk cache with ``cache_on_disk``); each case gets an :class:`AutoRun`."""
-    from ..engine.auto import AutoSegmenter
+def auto_session_factory(model_path: str | Path, device: str = "cpu", cache_on_disk: bool = False,
+                         refine_boxes: str | None = None) -> SessionFactory:
+    """Load the automatic model once (``engine.auto.AutoSegmenter``; a memory-only embedding cache, or the disk
+    cache with ``cache_on_disk``) and, with ``refine_boxes``, its box refiner; each case gets an :class:`AutoRun`."""
+    from ..engine.auto import AutoSegmenter, open_box_refiner
     from ..engine.cache import EmbeddingCache
 
     if not Path(model_path).with_suffix(".json").exists() and not Path(f"{model_path}.json").exists():
         raise InputError(f"--protocol auto needs an automatic model file for --model (<stem>.safetensors + "
                          f"<stem>.json), got {model_path!r}")
     segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=cache_on_disk))
-    return lambda volume: AutoRun(volume, segmenter)
+    refiner = open_box_refiner(segmenter, refine_boxes, device) if refine_boxes is not None else None
+    return lambda volume: AutoRun(volume, segmenter, refiner)
 
 
 # --- protocols ------------------------------------------------------------------------------------------

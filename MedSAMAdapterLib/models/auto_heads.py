@@ -295,7 +295,9 @@ class AutoClass:
     """One foreground class: its name, label value in written label maps, colour (0..1 RGB), terminology.
 
     ``single_component``: the class is one connected object, so predictions keep only its largest 3D component
-    (``engine.postprocess``).
+    (``engine.postprocess``). ``box_prompt``: whether a box around the class is a prompt for it (False for rings
+    such as a myocardium; measured on the training labels, ``engine.refine.box_promptable``; None: unknown, box
+    refinement then judges the predicted masks).
     """
 
     name: str
@@ -303,17 +305,23 @@ class AutoClass:
     color: tuple[float, float, float] | None = None
     terminology: dict[str, Any] | None = None
     single_component: bool = False
+    box_prompt: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "label_value": int(self.label_value),
-                "color": None if self.color is None else [round(float(c), 4) for c in self.color],
-                "terminology": self.terminology, "single_component": bool(self.single_component)}
+        out = {"name": self.name, "label_value": int(self.label_value),
+               "color": None if self.color is None else [round(float(c), 4) for c in self.color],
+               "terminology": self.terminology, "single_component": bool(self.single_component)}
+        if self.box_prompt is not None:
+            out["box_prompt"] = bool(self.box_prompt)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AutoClass":
         color = data.get("color")
+        box = data.get("box_prompt")
         return cls(str(data["name"]), int(data["label_value"]), None if color is None else tuple(color)[:3],
-                   data.get("terminology"), bool(data.get("single_component", False)))
+                   data.get("terminology"), bool(data.get("single_component", False)),
+                   None if box is None else bool(box))
 
 
 def value_lut(label_values: Sequence[int]) -> np.ndarray:
@@ -357,6 +365,12 @@ class ClassOutputs:
         from ..engine.postprocess import clean_label_map
 
         return clean_label_map(value_lut(self.label_values)[class_indices], self.classes)
+
+    def class_indices(self, label_map: np.ndarray) -> np.ndarray:
+        """Label map with the classes' label values -> class-index map (the inverse of :meth:`label_map`'s lookup)."""
+        inverse = np.zeros(max(self.label_values) + 1, np.int64)
+        inverse[self.label_values] = np.arange(1, len(self.label_values) + 1)
+        return inverse[label_map]
 
 
 @dataclass

@@ -209,11 +209,16 @@ def _checked_base(base: dict[str, Any] | None, model: nn.Module | None, weights:
     return model
 
 
-def classes_for(labels: dict[int, str], single_component: Sequence[str | int] = ()) -> list[AutoClass]:
+def classes_for(labels: dict[int, str], single_component: Sequence[str | int] = (),
+                training_labels: Sequence[np.ndarray] = ()) -> list[AutoClass]:
     """``AutoClass`` per {label value: name}, with colour and SNOMED CT terminology looked up by name.
 
     ``single_component``: names or values of the classes that are one connected object, or ``["all"]``.
+    ``training_labels``: the training cases' label maps (slice axis 0), to record which classes a box prompt can
+    redraw (``engine.refine.box_promptable``; rings cannot).
     """
+    from ..engine.refine import box_promptable
+
     from ..engine.terminology import color_for, terminology_for
     from ..engine.volume import default_color
 
@@ -226,8 +231,9 @@ def classes_for(labels: dict[int, str], single_component: Sequence[str | int] = 
     def single(value: int, name: str) -> bool:
         return bool({"all", name.lower(), str(value)} & wanted)
 
+    boxable = box_promptable(training_labels, list(labels)) if len(training_labels) else {}
     return [AutoClass(name, int(value), tuple(color_for(name) or default_color(value)), terminology_for(name),
-                      single(int(value), name)) for value, name in sorted(labels.items())]
+                      single(int(value), name), boxable.get(int(value))) for value, name in sorted(labels.items())]
 
 
 def patch_multiple(arch: str, options: dict[str, Any]) -> tuple[int, int, int]:

@@ -184,11 +184,13 @@ class SceneController:
         return sorted(models, key=lambda name: (mismatch(name), name))
 
     def run_auto(self, volume_node: Any, segmentation_node: Any, model: str | os.PathLike,
-                 progress: Callable[[int, int], None] | None = None) -> dict[int, str]:
+                 progress: Callable[[int, int], None] | None = None, refine_boxes: bool = False) -> dict[int, str]:
         """Prompt-free segmentation: one new segment per class of the model (named, coloured, with terminology;
         classes it did not find give empty segments). ``model``: a name from ``auto_models()`` or a path.
-        Returns {label value: segment id}."""
-        from ..engine.auto import run_auto
+        ``refine_boxes``: the interactive model redraws each class from boxes (``engine/refine.py``), in the
+        session the user then clicks in (its embeddings are computed once for both). Returns {label value: segment
+        id}."""
+        from ..engine.auto import AutoSegmenter
         from ..engine.terminology import slicer_terminology_tag
         from ..models.auto_heads import read_auto_card
 
@@ -197,8 +199,10 @@ class SceneController:
         # Reuse the open model only when it is that base without an adapter (the shipped click adapter changes
         # the encoder, and the head was trained on the base encoder's embeddings).
         reuse = self.settings.name == base_name and getattr(self.model, "peft_config", None) is None
-        labels, classes = run_auto(volume_from_node(volume_node), path, device=_device(self.settings.device),
-                                   progress=progress, base_model=self.model if reuse else None, cache=self.cache)
+        segmenter = AutoSegmenter(path, _device(self.settings.device), base_model=self.model if reuse else None,
+                                  cache=self.cache)
+        session = self.segmenter(volume_node, segmentation_node).session if refine_boxes else None
+        labels, classes = segmenter.segment(volume_from_node(volume_node), progress, refine_with=session)
         return self.import_labels(
             volume_node, segmentation_node, labels, {c.label_value: c.name for c in classes},
             colors={c.label_value: c.color for c in classes},

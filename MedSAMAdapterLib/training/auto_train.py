@@ -105,6 +105,7 @@ class AutoTrainConfig:
     store_dtype: str = "float32"
     single_component: tuple[str, ...] = ()
     augment: int = 0
+    augment_rotate: float = 15.0
     ema: float = 0.0
     roi_margin: float | None = None
 
@@ -118,6 +119,8 @@ class AutoTrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if int(self.augment) < 0:
             raise InputError(f"augment must be >= 0, got {self.augment}")
+        if not 0 <= float(self.augment_rotate) <= 180:
+            raise InputError(f"augment_rotate must be in [0, 180] degrees, got {self.augment_rotate}")
         if self.roi_margin is not None and not 0 <= float(self.roi_margin) <= 2:
             raise InputError(f"roi_margin must be in [0, 2] (a fraction of the structure's size), got {self.roi_margin}")
         if not 0.0 <= float(self.ema) < 1.0:
@@ -380,10 +383,11 @@ def train_auto(
     # --- embeddings (once) -----------------------------------------------------------------------------
     embedded_cases = list(train_cases)  # the given cases (they go to the card) + their augmented copies
     if cfg.augment:
-        from .augment import augmented_copies
+        from .augment import AugmentSettings, augmented_copies
 
         emit("setup", message=f"making {cfg.augment} augmented copies of each training case")
-        copies = augmented_copies(train_cases, cfg.augment, cfg.seed, cfg.intensity)
+        copies = augmented_copies(train_cases, cfg.augment, cfg.seed, cfg.intensity,
+                                  AugmentSettings(rotate_degrees=float(cfg.augment_rotate)))
         embedded_cases += copies
         stats["augmented_cases"] = len(copies)
     roi_val_cases: list[TrainingCase] = []
@@ -438,7 +442,7 @@ def train_auto(
     generator = torch.Generator().manual_seed(cfg.seed)
     from ..models.volumetric import classes_for
 
-    classes = classes_for(labels, cfg.single_component)
+    classes = classes_for(labels, cfg.single_component, [c.labels for c in train_cases])
     model_path = run_dir / f"{MODEL_STEM}.safetensors"
     training_card = {"config": cfg.to_dict(), "data": data_description or {
         "train_cases": [c.case_id for c in train_cases], "val_cases": [c.case_id for c in (val_cases or [])]},

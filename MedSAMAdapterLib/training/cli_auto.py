@@ -41,6 +41,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     auto.add_argument("--no-cache", action="store_true", help="do not read or write the disk embedding cache")
     auto.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     auto.add_argument("--json", action="store_true", help="print the segment summary as JSON")
+    add_refine_boxes_argument(auto)
     auto.set_defaults(handler=run_auto_command)
 
     t = subparsers.add_parser(
@@ -77,6 +78,9 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     t.add_argument("--augment", type=int, default=0, metavar="N",
                    help="2D heads: N randomly rotated / scaled / contrast-changed copies of each training case, "
                         "embedded once and cached (default: 0)")
+    t.add_argument("--augment-rotate", type=float, default=15.0, metavar="DEGREES",
+                   help="rotation range of the augmented copies, +/- DEGREES (default: %(default)s); 180 for images "
+                        "whose in-plane orientation varies between cases (ACDC's files lost theirs)")
     t.add_argument("--roi-margin", type=float, metavar="FRACTION",
                    help="2D heads: locate, then zoom - a second pass on the square box around what the first found, "
                         "grown by FRACTION x its size per side (e.g. 0.25) but never narrower than the encoder's "
@@ -93,6 +97,15 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     add_volumetric_options(t)
     t.set_defaults(handler=run_train_auto)
     return auto, t
+
+
+def add_refine_boxes_argument(parser: argparse.ArgumentParser) -> None:
+    """``--refine-boxes [ADAPTER]``: the same option for ``auto`` and ``evaluate --protocol auto``."""
+    parser.add_argument("--refine-boxes", nargs="?", const="default", metavar="ADAPTER",
+                        help="redraw each class plane by plane from a box around the automatic mask with the "
+                             "promptable base model (rings such as a myocardium keep the automatic result); "
+                             "ADAPTER: default (the shipped click adapter, when given without a value), none "
+                             "(the base model: reuses the automatic model's embeddings) or an adapter file")
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -126,7 +139,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         cache_dir=str(args.cache_dir) if args.cache_dir else None, cache_on_disk=not args.no_cache,
         init_from_base=not args.no_base_init, embedding_dropout=args.embedding_dropout, store_dtype=args.store_dtype,
         ema=args.ema, roi_margin=args.roi_margin,
-        single_component=tuple(comma_items(args.single_component) or ()), augment=args.augment)
+        single_component=tuple(comma_items(args.single_component) or ()), augment=args.augment,
+        augment_rotate=args.augment_rotate)
 
 
 def print_split(split: Any) -> None:
@@ -192,7 +206,7 @@ def run_auto_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..engine.auto import run_auto, write_auto_segmentation
+    from ..engine.auto import AutoSegmenter, open_box_refiner, write_auto_segmentation
     from ..engine.cache import EmbeddingCache
     from ..engine.volume import read_volume, write_overlay_png
 
@@ -203,9 +217,17 @@ def run_auto_command(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("automatic segmentation", total=2 * volume.shape[0])
-        labels, segments = run_auto(volume, args.model, args.device,
-                                    lambda done, total: bar.update(task, completed=done, total=total),
-                                    weights=args.weights, cache=cache)
+        segmenter = AutoSegmenter(args.model, args.device, weights=args.weights, cache=cache)
+        session = None
+        if args.refine_boxes is not None:
+            session = segmenter.refine_session(volume, open_box_refiner(segmenter, args.refine_boxes, args.device))
+            refine_task = bar.add_task("box refinement", total=None)
+        labels, segments = segmenter.segment(
+            volume, lambda done, total: bar.update(task, completed=done, total=total), refine_with=session,
+            refine_progress=(lambda done, total: bar.update(refine_task, completed=done, total=total)) if session
+            else None)
+        if session is not None:
+            session.close()
     out = write_auto_segmentation(labels, volume.geometry, args.output, segments)
     if args.overlay:
         write_overlay_png(volume, labels, args.overlay, colors={s.label_value: s.color for s in segments})

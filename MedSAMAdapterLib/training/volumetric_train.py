@@ -243,7 +243,8 @@ class VolumetricTrainer:
             torch.manual_seed(cfg.seed)
             network = build_network(cfg.arch, len(self.labels) + 1, cfg.network_options(), base)
         self.network = network.to(self.device)
-        self.bundle = VolumetricAutoModel(self.network, cfg.arch, classes_for(self.labels, cfg.single_component),
+        self.bundle = VolumetricAutoModel(self.network, cfg.arch, classes_for(self.labels, cfg.single_component,
+                                                                            [c.labels for c in self.train_cases]),
                                           cfg.patch_size,
                                           cfg.intensity, cfg.network_options(), base_name, base_sha,
                                           overlap=cfg.overlap, orientation=self.orientation)

@@ -88,6 +88,10 @@ def _auto_section(app: "MedSamWebApp") -> None:
                    disabled=("auto_models.length === 0",), label="prompt-free model")
         v3.VBtn("Run", click=app.ctrl.medsam_auto, disabled=("auto_models.length === 0",), density="compact",
                 id="medsam-auto")
+    v3.VCheckbox(v_model=("auto_refine",), label="refine boundaries with boxes", density="compact",
+                 hide_details=True, id="medsam-auto-refine",
+                 title="the interactive model redraws each structure from a box around the automatic mask "
+                       "(rings such as the myocardium keep the automatic result)")
     html.Div("{{ auto_reason }}", v_if="auto_reason", classes="text-caption text-grey")
 
 

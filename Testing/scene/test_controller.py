@@ -161,6 +161,18 @@ def test_prompt_free_model_adds_one_named_segment_per_class(setup, tmp_path, mon
     liver = segmentation.GetSegmentation().GetSegment(created[1])
     assert liver.GetName() == "Liver" and liver.GetColor() == (0.8, 0.4, 0.2)
     assert liver.GetTerminology() == slicer_terminology_tag(terminology_for("Liver"))
+    # with box refinement the interactive session redraws the classes: same result as the engine's
+    from MedSAMAdapterLib.engine.auto import AutoSegmenter
+
+    refined_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    created = controller.run_auto(volume, refined_node, "toy_auto", refine_boxes=True)
+    segmenter = AutoSegmenter(tmp_path / "home" / "models" / "toy_auto", base_model=tiny, cache=controller.cache)
+    plain_volume = volume_from_node(volume)
+    refined, _ = segmenter.segment(plain_volume, refine_with=segmenter.refine_session(plain_volume, tiny))
+    bridge = controller.segmenter(volume, refined_node)
+    for value, sid in created.items():
+        assert np.array_equal(bridge.segment_mask(sid), refined == value)
+    assert not np.array_equal(refined, expected)  # the refinement changed something, so the check means something
 
 
 def test_finetune_from_scene_nodes_writes_a_loadable_adapter(setup, tmp_path):

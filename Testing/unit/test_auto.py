@@ -392,12 +392,15 @@ def test_cli_train_auto_and_auto(dataset, tmp_path, tiny, monkeypatch):
     args = parser.parse_args(["train-auto", str(dataset), "--head", "cnn", "--context", "--epochs", "2",
                               "--out", str(tmp_path / "run"), "--max-train-patients", "2", "--val-patients", "1",
                               "--cnn-channels", "16,8", "--cnn-convs", "1,0", "--device", "cpu",
-                              "--model", "tiny-test", "--augment", "1", "--single-component", "MYO"])
+                              "--model", "tiny-test", "--augment", "1", "--single-component", "MYO",
+                              "--augment-rotate", "90"])
     assert args.handler(args) == 0
     card = json.loads((tmp_path / "run" / "auto_model.json").read_text())
     assert card["head"]["options"]["channels"] == [16, 8] and len(card["training"]["data"]["train_patients"]) == 2
-    assert card["training"]["config"]["augment"] == 1
+    assert card["training"]["config"]["augment"] == 1 and card["training"]["config"]["augment_rotate"] == 90
     assert [c["single_component"] for c in card["classes"]] == [False, True]
+    assert [c["box_prompt"] for c in card["classes"]] == [True, False]  # the disc, and the ring around it
+    assert [c.box_prompt for c in load_auto_model(tmp_path / "run" / "auto_model").classes] == [True, False]
     image, _ = synthetic_case(9)
     sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "img.nii.gz"))
     args = parser.parse_args(["auto", str(tmp_path / "img.nii.gz"), "--model", str(tmp_path / "run" / "auto_model"),
@@ -444,6 +447,12 @@ def test_ema_saves_the_moving_average_of_the_weights(dataset, tmp_path, tiny):
                for k, v in slow.model.head.state_dict().items())
     with pytest.raises(InputError, match="ema"):
         AutoTrainConfig(ema=1.0)
+
+
+@pytest.mark.parametrize("degrees", [-1.0, 181.0])
+def test_augment_rotation_range_is_checked(degrees):
+    with pytest.raises(InputError, match="augment_rotate"):
+        AutoTrainConfig(augment_rotate=degrees)
 
 
 def test_finetune_autosam_recipes_run_the_head_trainer(dataset, tmp_path, tiny, monkeypatch):

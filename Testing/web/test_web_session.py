@@ -145,6 +145,15 @@ def test_auto_segmentation_offers_the_shipped_model_and_explains_when_none_is_fo
         session.run_auto("nothing")
 
 
+def test_auto_segmentation_forwards_box_refinement(session, monkeypatch):
+    calls = []
+    monkeypatch.setattr(session.controller, "run_auto",
+                        lambda volume, segmentation, model, progress=None, refine_boxes=False:
+                        calls.append((model, refine_boxes)) or {1: "s1"})
+    assert session.run_auto("acdc_heart_autosam", refine_boxes=True) == {1: "s1"}
+    assert calls == [("acdc_heart_autosam", True)]
+
+
 def test_embedding_progress_is_reported(session):
     job = session.precompute("axial")
     job.wait(timeout=60)
