@@ -89,3 +89,9 @@ def _as_plane(mask: np.ndarray) -> np.ndarray:
     if plane.ndim != 2:
         raise InputError(f"expected a 2D (rows, cols) mask, got shape {plane.shape}")
     return plane != 0
+
+
+def largest_slice(mask: np.ndarray, axis: int = 0) -> int:
+    """Index of the slice with the most foreground; the first one on ties."""
+    other = tuple(a for a in range(mask.ndim) if a != axis)
+    return int(np.argmax(np.count_nonzero(mask, axis=other)))

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError, WeightsError
-from .auto_heads import AutoClass, ClassOutputs, auto_model_paths, card_orientation, read_model_card, write_model_files
+from .auto_classes import AutoClass, ClassOutputs, card_orientation
+from .auto_heads import auto_model_paths, read_model_card, write_model_files
 
 CARD_FORMAT = "medsam-adapter/auto-volumetric"
 CARD_VERSION = 1

@@ -132,7 +132,8 @@ def test_prompt_free_model_adds_one_named_segment_per_class(setup, tmp_path, mon
 
     from MedSAMAdapterLib.engine.auto import run_auto
     from MedSAMAdapterLib.engine.terminology import slicer_terminology_tag, terminology_for
-    from MedSAMAdapterLib.models.auto_heads import AutoClass, AutoModel, build_head, save_auto_model
+    from MedSAMAdapterLib.models.auto_classes import AutoClass
+    from MedSAMAdapterLib.models.auto_heads import AutoModel, build_head, save_auto_model
     from MedSAMAdapterLib.models.checkpoints import base_identity
     from MedSAMAdapterLib.models.registry import build_tiny_test_model, model_fingerprint
     from MedSAMAdapterLib.scene import volume_from_node

@@ -21,8 +21,9 @@ from MedSAMAdapterLib.engine.prompts import SlicePrompts
 from MedSAMAdapterLib.engine.session import InteractiveSession
 from MedSAMAdapterLib.engine.terminology import slicer_terminology_tag, terminology_for
 from MedSAMAdapterLib.errors import InputError, WeightsError
-from MedSAMAdapterLib.models.auto_heads import (HEAD_TYPES, AutoClass, AutoModel, ContextFusion, ViTHead,
-                                                auto_model_paths, build_head, load_auto_model, save_auto_model)
+from MedSAMAdapterLib.models.auto_classes import AutoClass
+from MedSAMAdapterLib.models.auto_heads import (HEAD_TYPES, AutoModel, ContextFusion, ViTHead, auto_model_paths,
+                                                build_head, load_auto_model, save_auto_model)
 from MedSAMAdapterLib.models.checkpoints import base_identity
 from MedSAMAdapterLib.models.registry import build_tiny_test_model, model_fingerprint
 from MedSAMAdapterLib.training.auto_train import (AutoTrainConfig, build_auto_split, nearest_model_target,

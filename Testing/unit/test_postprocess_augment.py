@@ -10,7 +10,7 @@ import pytest
 from MedSAMAdapterLib.engine.postprocess import clean_label_map, keep_largest_component
 from MedSAMAdapterLib.engine.volume import Volume
 from MedSAMAdapterLib.errors import InputError
-from MedSAMAdapterLib.models.auto_heads import AutoClass
+from MedSAMAdapterLib.models.auto_classes import AutoClass
 from MedSAMAdapterLib.models.volumetric import classes_for
 from MedSAMAdapterLib.training.augment import augment_case, augmented_copies
 from MedSAMAdapterLib.training.auto_train import AutoTrainConfig, build_auto_split, clean_class_maps, train_auto

@@ -244,7 +244,7 @@ def test_helpers():
 
 # --- automatic models scored on another dataset's label numbers --------------------------------------------------
 def test_auto_classes_match_by_structure_name_then_by_value():
-    from MedSAMAdapterLib.evaluation.protocols import class_key, match_classes
+    from MedSAMAdapterLib.evaluation.auto_protocol import class_key, match_classes
 
     model = {class_key(n): v for n, v in {"liver": 5, "spleen": 1, "RV": 3}.items()}
     ct_slices = {"aorta": 1, "liver": 16, "spleen": 23}
@@ -258,7 +258,7 @@ def test_auto_classes_match_by_structure_name_then_by_value():
 def test_auto_run_is_scored_in_the_dataset_label_values():
     from types import SimpleNamespace
 
-    from MedSAMAdapterLib.evaluation.protocols import AutoRun, _run_auto
+    from MedSAMAdapterLib.evaluation.auto_protocol import AutoRun, run_auto_case
 
     gt = np.zeros((1, 8, 8), np.uint8)
     gt[0, :4, :4] = 16  # liver in the dataset's numbering
@@ -268,7 +268,7 @@ def test_auto_run_is_scored_in_the_dataset_label_values():
     segmenter = SimpleNamespace(classes=[SimpleNamespace(name="liver", label_value=5),
                                          SimpleNamespace(name="urinary_bladder", label_value=14)],
                                 predict=lambda volume: predicted)
-    outcome = _run_auto(AutoRun(None, segmenter), gt, {"liver": 16, "aorta": 1}, (1.0, 1.0, 1.0), 2.0)
+    outcome = run_auto_case(AutoRun(None, segmenter), gt, {"liver": 16, "aorta": 1}, (1.0, 1.0, 1.0), 2.0)
     record = outcome["record"]
     assert record["scored_labels"] == ["liver"] and record["classes_matched_by"] == "name"
     assert record["metrics"]["auto"]["liver"]["dice"] == pytest.approx(1.0)
