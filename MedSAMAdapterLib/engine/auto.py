@@ -209,9 +209,8 @@ class AutoSegmenter:
             probabilities[:, index] = torch.softmax(logits[:, index].float(), 0).numpy()
         del logits
         classes = self.outputs.class_indices(self.outputs.label_map(probabilities.argmax(0)))
-        rings = [k for k, c in enumerate(self.classes, 1) if c.box_prompt is False]
         refined = refine_with_boxes(probabilities, classes, predictor, self.slice_axis(volume),
-                                    policy or BoxRefinement(), refine_progress, keep=rings)
+                                    policy or BoxRefinement(), refine_progress, [c.box_prompt for c in self.classes])
         return self.outputs.label_map(refined)
 
     def refine_session(self, volume: Volume, refiner: Any) -> Any:
@@ -255,12 +254,12 @@ def run_auto(
 DEFAULT_PROMPTABLE_MODEL = "litemedsam"
 
 
-def open_box_refiner(segmenter: AutoSegmenter, adapter: str = "default", device: str = "cpu",
+def open_box_refiner(segmenter: AutoSegmenter, adapter: str = "none", device: str = "cpu",
                      weights: str | os.PathLike | None = None) -> Any:
     """The promptable model that redraws an automatic result from boxes: the automatic model's base model (a
-    student without one: LiteMedSAM) with ``adapter``: ``default`` (the shipped click adapter, best boxes), ``none``
-    (the base model: its embeddings are the ones a 2D head already computed, so refinement costs only decoder
-    passes) or an adapter file."""
+    student without one: LiteMedSAM) with ``adapter``: ``none`` (the plain base model: its embeddings are the ones
+    a 2D head already computed, so refinement costs only decoder passes, and its boxes scored best), ``default``
+    (the shipped click adapter) or an adapter file."""
     from ..models.loading import open_model
 
     name = getattr(segmenter.outputs, "base_model", None) or DEFAULT_PROMPTABLE_MODEL

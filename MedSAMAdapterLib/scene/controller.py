@@ -187,10 +187,10 @@ class SceneController:
                  progress: Callable[[int, int], None] | None = None, refine_boxes: bool = False) -> dict[int, str]:
         """Prompt-free segmentation: one new segment per class of the model (named, coloured, with terminology;
         classes it did not find give empty segments). ``model``: a name from ``auto_models()`` or a path.
-        ``refine_boxes``: the interactive model redraws each class from boxes (``engine/refine.py``), in the
-        session the user then clicks in (its embeddings are computed once for both). Returns {label value: segment
-        id}."""
-        from ..engine.auto import AutoSegmenter
+        ``refine_boxes``: the model's plain base model redraws each class from boxes (``engine/refine.py``; the
+        same as ``auto --refine-boxes``: it reuses the automatic model's embeddings). Returns {label value:
+        segment id}."""
+        from ..engine.auto import AutoSegmenter, open_box_refiner
         from ..engine.terminology import slicer_terminology_tag
         from ..models.auto_heads import read_auto_card
 
@@ -201,8 +201,13 @@ class SceneController:
         reuse = self.settings.name == base_name and getattr(self.model, "peft_config", None) is None
         segmenter = AutoSegmenter(path, _device(self.settings.device), base_model=self.model if reuse else None,
                                   cache=self.cache)
-        session = self.segmenter(volume_node, segmentation_node).session if refine_boxes else None
-        labels, classes = segmenter.segment(volume_from_node(volume_node), progress, refine_with=session)
+        volume = volume_from_node(volume_node)
+        session = segmenter.refine_session(volume, open_box_refiner(segmenter)) if refine_boxes else None
+        try:
+            labels, classes = segmenter.segment(volume, progress, refine_with=session)
+        finally:
+            if session is not None:
+                session.close()
         return self.import_labels(
             volume_node, segmentation_node, labels, {c.label_value: c.name for c in classes},
             colors={c.label_value: c.color for c in classes},

@@ -101,11 +101,11 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
 
 def add_refine_boxes_argument(parser: argparse.ArgumentParser) -> None:
     """``--refine-boxes [ADAPTER]``: the same option for ``auto`` and ``evaluate --protocol auto``."""
-    parser.add_argument("--refine-boxes", nargs="?", const="default", metavar="ADAPTER",
+    parser.add_argument("--refine-boxes", nargs="?", const="none", metavar="ADAPTER",
                         help="redraw each class plane by plane from a box around the automatic mask with the "
                              "promptable base model (rings such as a myocardium keep the automatic result); "
-                             "ADAPTER: default (the shipped click adapter, when given without a value), none "
-                             "(the base model: reuses the automatic model's embeddings) or an adapter file")
+                             "ADAPTER: none (the plain base model, when given without a value: reuses the "
+                             "automatic model's embeddings), default (the shipped click adapter) or an adapter file")
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:

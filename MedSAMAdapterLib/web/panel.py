@@ -90,7 +90,7 @@ def _auto_section(app: "MedSamWebApp") -> None:
                 id="medsam-auto")
     v3.VCheckbox(v_model=("auto_refine",), label="refine boundaries with boxes", density="compact",
                  hide_details=True, id="medsam-auto-refine",
-                 title="the interactive model redraws each structure from a box around the automatic mask "
+                 title="the base model redraws each structure from a box around the automatic mask "
                        "(rings such as the myocardium keep the automatic result)")
     html.Div("{{ auto_reason }}", v_if="auto_reason", classes="text-caption text-grey")
 

@@ -95,8 +95,20 @@ def test_known_ring_classes_keep_the_automatic_result():
     probabilities[1][:, disc(radius=5)] = 0.9
     probabilities[2][:, disc(centre=(8, 8), radius=4)] = 0.9  # solid, so only the class flag protects it
     predictor = FixedPredictor(disc(radius=6))
-    refine_with_boxes(probabilities.copy(), probabilities.argmax(0), predictor, keep=[2])
+    refine_with_boxes(probabilities.copy(), probabilities.argmax(0), predictor, box_prompt=[None, False])
     assert len(predictor.calls) == 1  # class 1 only
+
+
+def test_known_solid_classes_are_redrawn_on_planes_with_holes():
+    # a blood pool with a papillary muscle inside is still a box's object when the class is known to be solid
+    probabilities = np.zeros((2, 1, 40, 40), np.float16)
+    probabilities[0] = 0.5
+    probabilities[1][:, ring()] = 0.9
+    classes = probabilities.argmax(0)
+    judged, trusted = FixedPredictor(disc(radius=12)), FixedPredictor(disc(radius=12))
+    refine_with_boxes(probabilities.copy(), classes, judged)
+    refine_with_boxes(probabilities.copy(), classes, trusted, box_prompt=[True])
+    assert (len(judged.calls), len(trusted.calls)) == (0, 1)
 
 
 def test_box_promptable_reads_rings_from_ground_truth():
@@ -153,13 +165,14 @@ def test_cli_auto_and_evaluate_take_refine_boxes(tmp_path, tiny, monkeypatch, ca
     out = tmp_path / "out.nii.gz"
     assert main(["auto", str(image), "--model", str(tmp_path / "m"), "-o", str(out), "--refine-boxes",
                  "--cache-dir", str(tmp_path / "c")]) == 0
-    assert opened == ["none", None]  # the head's base model, then the refiner with the shipped default adapter
+    assert opened == ["none"]  # the head's base model, which is also the refiner (no second model)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
     assert main(["evaluate", str(root), "--protocol", "auto", "--model", str(tmp_path / "m"), "--refine-boxes",
-                 "none", "--max-cases", "1", "--out", str(tmp_path / "eval")]) == 0
+                 "default", "--max-cases", "1", "--out", str(tmp_path / "eval")]) == 0
+    assert opened[-1] is None  # ``default``: the base model opened again with the shipped click adapter
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["box_refinement"] == "none" and summary["cases"]
+    assert summary["box_refinement"] == "default" and summary["cases"]
     assert main(["evaluate", str(root), "--protocol", "box", "--model", "tiny-test", "--refine-boxes",
                  "--out", str(tmp_path / "e2")]) != 0
     assert "box refinement applies to the auto protocol" in capsys.readouterr().err
