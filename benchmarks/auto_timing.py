@@ -1,10 +1,12 @@
-"""Automatic segmentation of one 3D volume: teacher vs distilled student, side by side in one process.
+"""Automatic segmentation of one 3D volume, side by side in one process: a teacher against its distilled student,
+and/or a 2D-head model with and without box refinement (``--refine-boxes``, ``engine/refine.py``).
 
-Both models segment the same volume on the same device; runs alternate (teacher, student, teacher, ...) so a busy
-machine slows both alike. Reports median seconds per volume after warm-up, the teacher/student ratio, and each
-model's Dice per class against the case's ground truth. Runs on the CPU and, when torch sees one, on CUDA.
+All runs segment the same volume on the same device and alternate (teacher, student, teacher, ...) so a busy
+machine slows them alike. Every run starts from an empty in-memory embedding cache, as on a volume never seen
+before. Reports median seconds per volume after warm-up, the first/last time ratio, and each run's Dice per class
+against the case's ground truth. Runs on the CPU and, when torch sees one, on CUDA.
 
-    python benchmarks/auto_timing.py --teacher RUN/auto_model --student models/student \\
+    python benchmarks/auto_timing.py --teacher RUN/auto_model [--student models/student] [--refine-boxes] \\
         [--data ../shared/data/Dataset001_ACDC] [--case patient002_frame01] [--repeats 3] [--out benchmarks/results]
 """
 
@@ -26,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from MedSAMAdapterLib.data.nnunet import open_dataset, read_case  # noqa: E402
-from MedSAMAdapterLib.engine.auto import AutoSegmenter  # noqa: E402
+from MedSAMAdapterLib.engine.auto import AutoSegmenter, open_box_refiner  # noqa: E402
 from MedSAMAdapterLib.engine.cache import EmbeddingCache  # noqa: E402
 from MedSAMAdapterLib.training.common import dice_np  # noqa: E402
 
@@ -47,19 +49,24 @@ def alternate(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1)
     return times
 
 
-def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, device: str) -> dict[str, Any]:
+def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, device: str,
+        refine: set[str] = frozenset()) -> dict[str, Any]:
+    """``models``: {run name: model path}; run names in ``refine`` segment with box refinement (base model)."""
     dataset = open_dataset(data)
     case = case or sorted(dataset.cases)[0]
     volume, truth = read_case(dataset, case)
-    # memory-only cache: a 2D-head teacher re-embeds every run, as on a volume never seen before
     segmenters = {name: AutoSegmenter(path, device, cache=EmbeddingCache(use_disk=False))
                   for name, path in models.items()}
     labels = {int(c.label_value): c.name for c in next(iter(segmenters.values())).classes}
     outputs: dict[str, np.ndarray] = {}
 
     def runner(name: str) -> Callable[[], Any]:
+        segmenter = segmenters[name]
+
         def go() -> None:
-            outputs[name] = segmenters[name].predict(volume)
+            segmenter.cache = EmbeddingCache(use_disk=False)  # embed again, as on a volume never seen before
+            session = (segmenter.refine_session(volume, open_box_refiner(segmenter)) if name in refine else None)
+            outputs[name] = segmenter.segment(volume, refine_with=session)[0]
         return go
 
     times = alternate({name: runner(name) for name in segmenters}, repeats)
@@ -87,14 +94,17 @@ def to_markdown(result: dict[str, Any]) -> str:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in row["dice"].items())
         lines.append(f"| {name} | {row['kind']} | {row['parameters']:,} | {row['median_s']:.2f} | {dice} | "
                      f"{row['dice_mean']:.3f} |")
-    lines += ["", f"Teacher / student time ratio: **{result['ratio_first_over_second']:.1f}x**", ""]
+    names = list(result["models"])
+    lines += ["", f"{names[0]} / {names[-1]} time ratio: **{result['ratio_first_over_second']:.2f}x**", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True)
-    parser.add_argument("--student", type=Path, required=True)
+    parser.add_argument("--student", type=Path, help="a distilled student to race against the teacher")
+    parser.add_argument("--refine-boxes", action="store_true",
+                        help="also run the teacher (a 2D head) with box refinement by its base model")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Dataset001_ACDC")
     parser.add_argument("--case")
     parser.add_argument("--repeats", type=int, default=3)
@@ -106,9 +116,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.student and not args.refine_boxes:
+        parser.error("give --student, --refine-boxes or both")
+    models = {"teacher": args.teacher}
+    if args.refine_boxes:
+        models["teacher + boxes"] = args.teacher
+    if args.student:
+        models["student"] = args.student
+    suffix = "_refine" if args.refine_boxes and not args.student else ""
     for device in devices:
-        result = run({"teacher": args.teacher, "student": args.student}, args.data, args.case, args.repeats, device)
-        stem = args.out / f"auto_timing_{device.split(':')[0]}"
+        result = run(models, args.data, args.case, args.repeats, device, {"teacher + boxes"})
+        stem = args.out / f"auto_timing{suffix}_{device.split(':')[0]}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         stem.with_suffix(".md").write_text(to_markdown(result))
         print(to_markdown(result))

@@ -185,3 +185,23 @@ def test_shipped_cards_mark_their_rings():
     flags = {name: {c["name"]: c["box_prompt"] for c in card["classes"]} for name, card in cards.items()}
     assert flags["acdc_heart_autosam"] == {"RV": True, "MYO": False, "LV": True}
     assert flags["abdomen_ct_autosam"]["vertebrae"] is False and flags["abdomen_ct_autosam"]["liver"] is True
+
+
+def test_auto_timing_benchmark_races_refinement_against_the_plain_head(tmp_path, tiny, monkeypatch):
+    import importlib.util
+
+    from MedSAMAdapterLib.models import loading
+    from Testing.conftest import REPO
+    from Testing.unit.test_auto import write_nnunet
+
+    spec = importlib.util.spec_from_file_location("auto_timing", REPO / "benchmarks" / "auto_timing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(loading, "open_model", lambda *a, **k: tiny)
+    save_auto_model(tmp_path / "m", tiny_auto_model(tiny, "linear"))
+    root = write_nnunet(tmp_path / "Dataset900_T", cases=1)
+    result = bench.run({"teacher": tmp_path / "m", "teacher + boxes": tmp_path / "m"}, root, None, 1, "cpu",
+                       {"teacher + boxes"})
+    rows = result["models"]
+    assert set(rows) == {"teacher", "teacher + boxes"} and all(r["median_s"] > 0 for r in rows.values())
+    assert "teacher / teacher + boxes time ratio" in bench.to_markdown(result)
