@@ -23,7 +23,7 @@ myocardium); two refined masks that overlap are split by the automatic probabili
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -80,16 +80,21 @@ class BoxRefinement:
         its ring planes otherwise (without: a class known to be solid, whose masks may still have holes, such as a
         blood pool around papillary muscles)."""
         boxes, rings, planes = [], 0, 0
-        for index in np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))):
-            largest = _largest_component(np.take(mask, int(index), axis=axis))  # a stray fragment must not
-            if int(largest.sum()) < self.min_area_px:                           # stretch the box
-                continue
+        for index, largest in self.planes(mask, axis):  # the largest piece: a stray fragment must not stretch the box
             planes += 1
             if check_rings and self.is_ring(largest):
                 rings += 1
             else:
-                boxes.append((int(index), box_from_mask(largest, self.margin_px)))
+                boxes.append((index, box_from_mask(largest, self.margin_px)))
         return [] if rings > self.max_ring_planes * planes else boxes
+
+    def planes(self, mask: np.ndarray, axis: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(plane index, largest connected piece) of each plane along ``axis`` where the (k, j, i) ``mask``'s
+        largest piece covers at least ``min_area_px`` pixels."""
+        for index in np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))):
+            largest = _largest_component(np.take(mask, int(index), axis=axis))
+            if int(largest.sum()) >= self.min_area_px:
+                yield int(index), largest
 
 
 def box_promptable(label_maps: Sequence[np.ndarray], label_values: Sequence[int], axis: int = 0,
@@ -100,12 +105,9 @@ def box_promptable(label_maps: Sequence[np.ndarray], label_values: Sequence[int]
     planes = dict(rings)
     for labels in label_maps:
         for value in rings:
-            mask = np.asarray(labels) == value
-            for index in np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))):
-                plane = _largest_component(np.take(mask, int(index), axis=axis))
-                if int(plane.sum()) >= policy.min_area_px:
-                    planes[value] += 1
-                    rings[value] += int(policy.is_ring(plane))
+            for _, plane in policy.planes(np.asarray(labels) == value, axis):
+                planes[value] += 1
+                rings[value] += int(policy.is_ring(plane))
     return {value: rings[value] <= policy.max_ring_planes * planes[value] for value in rings}
 
 
