@@ -65,8 +65,7 @@ def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, dev
 
         def go() -> None:
             segmenter.cache = EmbeddingCache(use_disk=False)  # embed again, as on a volume never seen before
-            session = (segmenter.refine_session(volume, open_box_refiner(segmenter)) if name in refine else None)
-            outputs[name] = segmenter.segment(volume, refine_with=session)[0]
+            outputs[name] = segmenter.predict(volume, refiner=open_box_refiner(segmenter) if name in refine else None)
         return go
 
     times = alternate({name: runner(name) for name in segmenters}, repeats)

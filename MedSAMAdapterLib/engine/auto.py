@@ -150,9 +150,17 @@ class AutoSegmenter:
             work, progress, lambda v, p: self.head.volume_logits(v, *self._embedded(v, p)),
             lambda whole: self.head.label_map(whole.argmax(0).numpy()), paste))
 
-    def predict(self, volume: Volume, progress: ProgressCallback | None = None) -> np.ndarray:
+    def predict(self, volume: Volume, progress: ProgressCallback | None = None, *, refiner: Any = None,
+                refine_progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map (k, j, i) with the classes' label values, on the volume's own grid (a CT stored as RAS or
-        LPS, or transposed, gets the same result)."""
+        LPS, or transposed, gets the same result). ``refiner``: a promptable model (``open_box_refiner``) that
+        redraws every class from boxes, in a session of its own on ``volume`` (:meth:`predict_refined`)."""
+        if refiner is not None:
+            session = self.refine_session(volume, refiner)
+            try:
+                return self.predict_refined(volume, session, progress=progress, refine_progress=refine_progress)
+            finally:
+                session.close()
         if self.volumetric is not None:
             return self._in_model_orientation(volume, lambda work: self.volumetric.predict_volume(work, progress))
 
@@ -198,7 +206,8 @@ class AutoSegmenter:
                         progress: ProgressCallback | None = None,
                         refine_progress: ProgressCallback | None = None) -> np.ndarray:
         """Label map like :meth:`predict`, then every class redrawn plane by plane by ``predictor`` (an
-        ``InteractiveSession`` on this volume) from boxes around the automatic masks (``engine/refine.py``)."""
+        ``InteractiveSession`` on this volume, e.g. :meth:`refine_session`) from boxes around the automatic masks
+        (``engine/refine.py``)."""
         import torch
 
         from .refine import BoxRefinement, refine_with_boxes
@@ -221,13 +230,10 @@ class AutoSegmenter:
 
         return InteractiveSession(volume, refiner, self.cache, IntensityPolicy.parse(self.intensity))
 
-    def segment(self, volume: Volume, progress: ProgressCallback | None = None, *, refine_with: Any = None,
+    def segment(self, volume: Volume, progress: ProgressCallback | None = None, *, refiner: Any = None,
                 refine_progress: ProgressCallback | None = None) -> tuple[np.ndarray, list[AutoSegment]]:
-        """(label map, segments); with ``refine_with`` (an interactive session on ``volume``) box-refined."""
-        if refine_with is None:
-            labels = self.predict(volume, progress)
-        else:
-            labels = self.predict_refined(volume, refine_with, progress=progress, refine_progress=refine_progress)
+        """(label map, segments) of :meth:`predict` (with ``refiner``: box-refined)."""
+        labels = self.predict(volume, progress, refiner=refiner, refine_progress=refine_progress)
         return labels, segments_for(labels, self.classes)
 
 

@@ -26,13 +26,7 @@ class AutoRun:
         return {class_key(c.name): int(c.label_value) for c in self.segmenter.classes}
 
     def labels(self) -> np.ndarray:
-        if self.refiner is None:
-            return np.asarray(self.segmenter.predict(self.volume))
-        session = self.segmenter.refine_session(self.volume, self.refiner)
-        try:
-            return np.asarray(self.segmenter.segment(self.volume, refine_with=session)[0])
-        finally:
-            session.close()
+        return np.asarray(self.segmenter.predict(self.volume, refiner=self.refiner))
 
 
 def auto_session_factory(model_path: str | Path, device: str = "cpu", cache_on_disk: bool = False,

@@ -201,13 +201,8 @@ class SceneController:
         reuse = self.settings.name == base_name and getattr(self.model, "peft_config", None) is None
         segmenter = AutoSegmenter(path, _device(self.settings.device), base_model=self.model if reuse else None,
                                   cache=self.cache)
-        volume = volume_from_node(volume_node)
-        session = segmenter.refine_session(volume, open_box_refiner(segmenter)) if refine_boxes else None
-        try:
-            labels, classes = segmenter.segment(volume, progress, refine_with=session)
-        finally:
-            if session is not None:
-                session.close()
+        labels, classes = segmenter.segment(volume_from_node(volume_node), progress,
+                                            refiner=open_box_refiner(segmenter) if refine_boxes else None)
         return self.import_labels(
             volume_node, segmentation_node, labels, {c.label_value: c.name for c in classes},
             colors={c.label_value: c.color for c in classes},

@@ -218,16 +218,14 @@ def run_auto_command(args: argparse.Namespace) -> int:
                   console=console, transient=True) as bar:
         task = bar.add_task("automatic segmentation", total=2 * volume.shape[0])
         segmenter = AutoSegmenter(args.model, args.device, weights=args.weights, cache=cache)
-        session = None
+        refiner = refine_progress = None
         if args.refine_boxes is not None:
-            session = segmenter.refine_session(volume, open_box_refiner(segmenter, args.refine_boxes, args.device))
+            refiner = open_box_refiner(segmenter, args.refine_boxes, args.device)
             refine_task = bar.add_task("box refinement", total=None)
+            refine_progress = lambda done, total: bar.update(refine_task, completed=done, total=total)  # noqa: E731
         labels, segments = segmenter.segment(
-            volume, lambda done, total: bar.update(task, completed=done, total=total), refine_with=session,
-            refine_progress=(lambda done, total: bar.update(refine_task, completed=done, total=total)) if session
-            else None)
-        if session is not None:
-            session.close()
+            volume, lambda done, total: bar.update(task, completed=done, total=total), refiner=refiner,
+            refine_progress=refine_progress)
     out = write_auto_segmentation(labels, volume.geometry, args.output, segments)
     if args.overlay:
         write_overlay_png(volume, labels, args.overlay, colors={s.label_value: s.color for s in segments})

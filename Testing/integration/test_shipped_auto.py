@@ -42,7 +42,7 @@ def test_box_refinement_sharpens_the_chambers_of_a_held_out_heart():
     segmenter = AutoSegmenter(MODEL)
     plain = segmenter.predict(volume)
     refiner = open_box_refiner(segmenter, "none")
-    refined, _ = segmenter.segment(volume, refine_with=segmenter.refine_session(volume, refiner))
+    refined, _ = segmenter.segment(volume, refiner=refiner)
     dice = {name: [dice_score(labels == v, truth == v) for v in (1, 2, 3)]
             for name, labels in (("plain", plain), ("refined", refined))}
     assert dice["refined"][2] > dice["plain"][2] + 0.01, dice  # LV

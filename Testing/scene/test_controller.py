@@ -169,7 +169,7 @@ def test_prompt_free_model_adds_one_named_segment_per_class(setup, tmp_path, mon
     created = controller.run_auto(volume, refined_node, "toy_auto", refine_boxes=True)
     segmenter = AutoSegmenter(tmp_path / "home" / "models" / "toy_auto", base_model=tiny, cache=controller.cache)
     plain_volume = volume_from_node(volume)
-    refined, _ = segmenter.segment(plain_volume, refine_with=segmenter.refine_session(plain_volume, tiny))
+    refined, _ = segmenter.segment(plain_volume, refiner=tiny)
     bridge = controller.segmenter(volume, refined_node)
     for value, sid in created.items():
         assert np.array_equal(bridge.segment_mask(sid), refined == value)

@@ -267,7 +267,7 @@ def test_auto_run_is_scored_in_the_dataset_label_values():
     predicted[0, 6:, 6:] = 14  # a model class the dataset does not have: not scored, not counted as liver
     segmenter = SimpleNamespace(classes=[SimpleNamespace(name="liver", label_value=5),
                                          SimpleNamespace(name="urinary_bladder", label_value=14)],
-                                predict=lambda volume: predicted)
+                                predict=lambda volume, refiner=None: predicted)
     outcome = run_auto_case(AutoRun(None, segmenter), gt, {"liver": 16, "aorta": 1}, (1.0, 1.0, 1.0), 2.0)
     record = outcome["record"]
     assert record["scored_labels"] == ["liver"] and record["classes_matched_by"] == "name"

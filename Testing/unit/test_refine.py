@@ -142,9 +142,10 @@ def test_auto_segmenter_refines_with_a_session_on_the_volume(tmp_path, tiny):
     asked = []
     real_predict = session.predict_slice
     session.predict_slice = lambda axis, index, prompts: asked.append(index) or real_predict(axis, index, prompts)
-    labels, segments = segmenter.segment(volume, refine_with=session)
+    labels = segmenter.predict_refined(volume, session)
     assert labels.shape == volume.shape and labels.dtype == plain.dtype
-    assert set(np.unique(labels)) <= {0, *[s.label_value for s in segments]}
+    assert set(np.unique(labels)) <= {0, *[c.label_value for c in segmenter.classes]}
+    assert np.array_equal(segmenter.segment(volume, refiner=tiny)[0], labels)  # a session of its own: the same
     expected = sum(len(BoxRefinement().plane_boxes(plain == c.label_value, 0)) for c in segmenter.classes
                    if c.box_prompt is not False)
     assert len(asked) == expected  # one decoder call per refinable plane of each class
