@@ -207,7 +207,8 @@ class MedSAMAdapterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onAutoRun(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Automatic segmentation failed."), waitCursor=True):
             self.ui.statusLabel.text = self.logic.runAuto(self._parameterNode, self.ui.autoModelComboBox.currentText,
-                                                          self.ui.autoRefineCheckBox.checked)
+                                                          self.ui.autoRefineCheckBox.checked,
+                                                          self.ui.autoTurnsCheckBox.checked)
 
     def onFinetuneStart(self) -> None:
         from MedSAMAdapterSlicerLib.finetune import FinetuneProcess
@@ -393,13 +394,14 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
             return []
         return SceneController.auto_models_for(volumeNode)
 
-    def runAuto(self, parameterNode, modelName: str, refineBoxes: bool = False) -> str:
+    def runAuto(self, parameterNode, modelName: str, refineBoxes: bool = False, tryTurns: bool = False) -> str:
         if not modelName:
             raise ValueError(_("No prompt-free model found: put one (.safetensors + .json card) in the model "
                                "folder listed in the Models section, or train one with 'medsam-adapter'."))
         segmenter = self.segmenter(parameterNode)
         created = self.controller.run_auto(parameterNode.inputVolume, segmenter.segmentation_node, modelName,
-                                           refine_boxes=refineBoxes)
+                                           refine_boxes=refineBoxes,
+                                           turn_search=True if tryTurns else None)  # unticked: as the card says
         return _("Added {count} segments.").format(count=len(created))
 
     # --- fine-tuning ---------------------------------------------------------------------------------------------

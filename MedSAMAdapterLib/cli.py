@@ -324,6 +324,7 @@ def run_evaluate(args) -> int:
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device), regions=regions,
         intensity=args.intensity, cache_on_disk=not args.no_cache, refine_boxes=args.refine_boxes,
+        turn_search=args.turn_search,
     )
     print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")

@@ -65,11 +65,16 @@ class AutoSegmenter:
 
     ``base_model``: an already open base model (e.g. the session's); by default the card's base model is loaded
     (``weights`` overrides the file). Its identity (registry name + sha256) must match the card. ``cache``: an
-    ``EmbeddingCache`` for 2D heads (default: a new one on the default disk cache folder).
+    ``EmbeddingCache`` for 2D heads (default: a new one on the default disk cache folder). ``turn_search``: try
+    the four quarter turns of each plane and keep the one the model is surest of (:meth:`logits`; four times the
+    work); None: as the model card says (``turn_search``, default off). ``last_turns`` says which turn won.
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", *, base_model: Any = None,
-                 weights: str | os.PathLike | None = None, cache: Any = None) -> None:
+                 weights: str | os.PathLike | None = None, cache: Any = None, turn_search: bool | None = None
+                 ) -> None:
+        from ..models.auto_classes import card_turn_search
+
         from ..models.volumetric import is_volumetric, load_volumetric_model
 
         from .cache import EmbeddingCache
@@ -83,8 +88,10 @@ class AutoSegmenter:
             self.volumetric = load_volumetric_model(path, device, base_model=base_model, weights=weights)
             self.kind, self.classes = self.volumetric.arch, self.volumetric.classes
             self.intensity, self.orientation = self.volumetric.intensity, self.volumetric.orientation
-            return
-        self._open_head(base_model, weights)
+        else:
+            self._open_head(base_model, weights)
+        self.turn_search = card_turn_search(self.outputs.card) if turn_search is None else bool(turn_search)
+        self.last_turns: int | None = None  # quarter turns of the last volume's planes (with turn_search)
 
     def _open_head(self, base_model: Any, weights: Any) -> None:
         from ..models.auto_heads import load_auto_model
@@ -138,17 +145,45 @@ class AutoSegmenter:
         return back.contiguous() if hasattr(back, "contiguous") else np.ascontiguousarray(back)  # torch / numpy
 
     def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
-        """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid."""
+        """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid.
+
+        With ``turn_search`` the model sees the planes as stored and turned by 90, 180 and 270 degrees, and the
+        turn whose structures it is surest of (:func:`class_confidence`) wins: a model trained on hearts
+        seen one way finds a heart stored a quarter turn away (ACDC's files lost their in-plane orientation)."""
+        return self._in_model_orientation(volume, lambda work: self._best_turn(work, progress))
+
+    def _best_turn(self, work: Volume, progress: ProgressCallback | None) -> Any:
+        from .geometry import Reorientation
+
+        turns = range(4) if self.turn_search and not work.is_rgb else range(1)
+        best: tuple[float, int, Any] | None = None
+        for turn in turns:
+            step = (lambda d, t, n=turn: progress(n * t + d, len(turns) * t)) if progress else None
+            if turn == 0:
+                logits = self._model_logits(work, step)
+            else:
+                mapping = Reorientation.quarter_turns(work.geometry, work.shape, turn)
+                turned = Volume(np.ascontiguousarray(mapping.apply(work.array)), mapping.geometry, work.source)
+                logits = mapping.undo(self._model_logits(turned, step)).contiguous()
+            score = class_confidence(logits) if len(turns) > 1 else 0.0
+            if best is None or score > best[0]:
+                best = (score, turn, logits)
+            del logits
+        assert best is not None
+        self.last_turns = best[1]
+        return best[2]
+
+    def _model_logits(self, work: Volume, progress: ProgressCallback | None) -> Any:
+        """(K, k, j, i) logits of a volume already in the model's orientation."""
         if self.volumetric is not None:
-            return self._in_model_orientation(volume, lambda work: self.volumetric.logits(work, progress))
+            return self.volumetric.logits(work, progress)
 
         def paste(whole: Any, box: Any, crop: Any) -> Any:
             whole[(slice(None), slice(None), *box.slices)] = crop
             return whole
 
-        return self._in_model_orientation(volume, lambda work: self._zoomed(
-            work, progress, lambda v, p: self.head.volume_logits(v, *self._embedded(v, p)),
-            lambda whole: self.head.label_map(whole.argmax(0).numpy()), paste))
+        return self._zoomed(work, progress, lambda v, p: self.head.volume_logits(v, *self._embedded(v, p)),
+                            lambda whole: self.head.label_map(whole.argmax(0).numpy()), paste)
 
     def predict(self, volume: Volume, progress: ProgressCallback | None = None, *, refiner: Any = None,
                 refine_progress: ProgressCallback | None = None) -> np.ndarray:
@@ -161,6 +196,9 @@ class AutoSegmenter:
                 return self.predict_refined(volume, session, progress=progress, refine_progress=refine_progress)
             finally:
                 session.close()
+        if self.turn_search:
+            return self.outputs.label_map(self.logits(volume, progress).argmax(0).numpy())
+        self.last_turns = 0
         if self.volumetric is not None:
             return self._in_model_orientation(volume, lambda work: self.volumetric.predict_volume(work, progress))
 
@@ -235,6 +273,23 @@ class AutoSegmenter:
         """(label map, segments) of :meth:`predict` (with ``refiner``: box-refined)."""
         labels = self.predict(volume, progress, refiner=refiner, refine_progress=refine_progress)
         return labels, segments_for(labels, self.classes)
+
+
+def class_confidence(logits: Any) -> float:
+    """How sure a model is of each structure, averaged over its classes: per class, the mean probability of the
+    voxels it wins; a class that wins no voxel counts 0. Averaging over voxels instead would reward a view in which
+    the hard class (an RV) vanishes and only easy voxels remain. Plane by plane, so a large CT needs no second
+    (K, volume) array."""
+    import torch
+
+    classes = int(logits.shape[0])
+    total, count = torch.zeros(classes, dtype=torch.float64), torch.zeros(classes, dtype=torch.float64)
+    for index in range(logits.shape[1]):
+        top, winner = torch.softmax(logits[:, index].float(), 0).max(0)
+        total.index_add_(0, winner.flatten(), top.flatten().double())
+        count.index_add_(0, winner.flatten(), torch.ones(winner.numel(), dtype=torch.float64))
+    sure = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    return float(sure[1:].mean()) if classes > 1 else 0.0
 
 
 def run_auto(

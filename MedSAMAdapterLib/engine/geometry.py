@@ -326,6 +326,24 @@ class Reorientation:
             component = next(c for c in range(3) if _LETTER_AXES[current[c]][0] == axis)
             source_axes.append(2 - component)
             flips.append(_LETTER_AXES[current[component]][1] != sign)
+        return cls.of_axes(geometry, shape, tuple(source_axes), tuple(flips))  # type: ignore[arg-type]
+
+    @classmethod
+    def quarter_turns(cls, geometry: Geometry, shape: Sequence[int], turns: int) -> "Reorientation":
+        """Each (j, i) plane turned by ``turns`` x 90 degrees (as ``np.rot90(array, turns, axes=(1, 2))``), the
+        geometry following, so the same physical voxels are indexed differently. For images whose stored in-plane
+        orientation says little (cardiac short-axis MRI), a model can try each turn."""
+        turns %= 4
+        source_axes = (0, 1, 2) if turns % 2 == 0 else (0, 2, 1)
+        flips = {0: (False, False, False), 1: (False, True, False), 2: (False, True, True),
+                 3: (False, False, True)}[turns]
+        return cls.of_axes(geometry, shape, source_axes, flips)
+
+    @classmethod
+    def of_axes(cls, geometry: Geometry, shape: Sequence[int], source_axes: tuple[int, int, int],
+                flips: tuple[bool, bool, bool]) -> "Reorientation":
+        """The permutation ``source_axes`` / ``flips`` of a grid (``geometry``, array ``shape``), with the geometry
+        of the new grid (same physical voxels)."""
         first_voxel = np.zeros(3)  # (i, j, k) of the source voxel that becomes voxel 0 of the new grid
         for source, flipped in zip(source_axes, flips):
             if flipped:
@@ -336,7 +354,7 @@ class Reorientation:
         new_geometry = Geometry(spacing=tuple(np.asarray(geometry.spacing)[columns]),
                                 origin=tuple(geometry.ijk_to_lps(first_voxel)),
                                 direction=np.asarray(geometry.direction)[:, columns] * signs)
-        return cls(tuple(source_axes), tuple(flips), new_geometry)  # type: ignore[arg-type]
+        return cls(source_axes, flips, new_geometry)
 
     @property
     def is_identity(self) -> bool:

@@ -30,16 +30,19 @@ class AutoRun:
 
 
 def auto_session_factory(model_path: str | Path, device: str = "cpu", cache_on_disk: bool = False,
-                         refine_boxes: str | None = None) -> Callable[[Any], AutoRun]:
-    """Load the automatic model once (``engine.auto.AutoSegmenter``; a memory-only embedding cache, or the disk
-    cache with ``cache_on_disk``) and, with ``refine_boxes``, its box refiner; each case gets an :class:`AutoRun`."""
+                         refine_boxes: str | None = None, turn_search: bool | None = None
+                         ) -> Callable[[Any], AutoRun]:
+    """Load the automatic model once (``engine.auto.AutoSegmenter``, with ``turn_search``; a memory-only embedding
+    cache, or the disk cache with ``cache_on_disk``) and, with ``refine_boxes``, its box refiner; each case gets an
+    :class:`AutoRun`."""
     from ..engine.auto import AutoSegmenter, open_box_refiner
     from ..engine.cache import EmbeddingCache
 
     if not Path(model_path).with_suffix(".json").exists() and not Path(f"{model_path}.json").exists():
         raise InputError(f"--protocol auto needs an automatic model file for --model (<stem>.safetensors + "
                          f"<stem>.json), got {model_path!r}")
-    segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=cache_on_disk))
+    segmenter = AutoSegmenter(model_path, device, cache=EmbeddingCache(use_disk=cache_on_disk),
+                              turn_search=turn_search)
     refiner = open_box_refiner(segmenter, refine_boxes, device) if refine_boxes is not None else None
     return lambda volume: AutoRun(volume, segmenter, refiner)
 
@@ -81,5 +84,6 @@ def run_auto_case(run: Any, gt: np.ndarray, labels: Mapping[str, int], spacing, 
     per_label = M.case_metrics(prediction, gt, scored, spacing, tol)
     overlay = largest_slice(gt > 0) if gt.any() else 0
     record = {"slice_index": {}, "metrics": {"auto": per_label}, "composed": {}, "overlay_index": overlay,
-              "scored_labels": list(scored), "classes_matched_by": matched_by}
+              "scored_labels": list(scored), "classes_matched_by": matched_by,
+              "quarter_turns": getattr(run.segmenter, "last_turns", None)}
     return {"record": record, "prediction": prediction}

@@ -73,6 +73,7 @@ def evaluate_dataset(
     regions: Mapping[str, Sequence[int]] | None = None,
     cache_on_disk: bool = False,
     refine_boxes: str | None = None,
+    turn_search: bool | None = None,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
@@ -82,18 +83,20 @@ def evaluate_dataset(
     default embeddings live in memory for one case. ``regions``: score unions of labels instead of the labels (see the
     module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). ``refine_boxes`` (``auto`` only):
     redraw the automatic result from boxes with the base model and this adapter (``default``, ``none`` or a file;
-    ``engine/refine.py``). Returns the summary dict (NaN where JSON has null).
+    ``engine/refine.py``). ``turn_search`` (``auto`` only): try the quarter turns of each plane (None: as the model
+    card says; ``engine.auto.AutoSegmenter``). Returns the summary dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
 
     _check_protocol(protocol)
     if regions and protocol == "auto":
         raise InputError("regions apply to the box and clicks protocols; an automatic model predicts its classes")
-    if refine_boxes is not None and protocol != "auto":
-        raise InputError("box refinement applies to the auto protocol")
+    if (refine_boxes is not None or turn_search is not None) and protocol != "auto":
+        raise InputError("box refinement and turn search apply to the auto protocol")
     if protocol == "auto":
         adapter_path = None
-        session_factory = session_factory or auto_session_factory(model_name, device, cache_on_disk, refine_boxes)
+        session_factory = session_factory or auto_session_factory(model_name, device, cache_on_disk, refine_boxes,
+                                                                 turn_search)
     elif session_factory is None:
         from ..models.loading import resolve_adapter
 
@@ -110,6 +113,7 @@ def evaluate_dataset(
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
     if protocol == "auto":
         summary["box_refinement"] = refine_boxes
+        summary["turn_search"] = "as the model card says" if turn_search is None else turn_search
     started = time.perf_counter()
     for case in _progress(selected, progress, f"{protocol} {dataset.name}"):
         record, prediction = evaluate_case(dataset, case, protocol, factory, nsd_tolerance_mm, targets)

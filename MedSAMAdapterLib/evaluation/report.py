@@ -98,7 +98,18 @@ def _run_table(summary: Mapping[str, Any]) -> list[str]:
         ("time", f"{_fmt(timing.get('total_seconds'), 1)} s total, "
                  f"{_fmt(timing.get('mean_case_seconds'), 2)} s per case"),
     ]
+    if summary.get("protocol") == "auto":
+        rows += _auto_rows(summary)
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def _auto_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Box refinement and turn search of an ``auto`` run: which, and how many cases were seen turned."""
+    turns = [c.get("quarter_turns") for c in summary.get("cases", []) if c.get("quarter_turns") is not None]
+    searched = f"{summary.get('turn_search', 'as the model card says')}"
+    if turns:
+        searched += f" ({sum(1 for t in turns if t)} of {len(turns)} cases seen turned)"
+    return [("box refinement", str(summary.get("box_refinement") or "none")), ("turn search", searched)]
 
 
 def _level_section(summary: Mapping[str, Any], level: str) -> list[str]:

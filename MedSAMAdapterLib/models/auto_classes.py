@@ -61,6 +61,15 @@ def card_orientation(card: dict[str, Any]) -> str | None:
         raise WeightsError(f"model card orientation: {exc}") from exc
 
 
+def card_turn_search(card: dict[str, Any]) -> bool:
+    """Whether a model card asks inference to try the four quarter turns of each plane (``turn_search``: for
+    images whose stored in-plane orientation is unreliable, e.g. cardiac short-axis MRI; default False)."""
+    value = card.get("turn_search", False)
+    if not isinstance(value, bool):
+        raise WeightsError(f"model card turn_search must be true or false, got {value!r}")
+    return value
+
+
 class ClassOutputs:
     """What every automatic-model bundle (2D head, volumetric) does with its ``classes``: the foreground classes in
     output order (output k+1 is ``classes[k]``). ``orientation`` (on each bundle): the orientation code of the

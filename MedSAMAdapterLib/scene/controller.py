@@ -184,11 +184,13 @@ class SceneController:
         return sorted(models, key=lambda name: (mismatch(name), name))
 
     def run_auto(self, volume_node: Any, segmentation_node: Any, model: str | os.PathLike,
-                 progress: Callable[[int, int], None] | None = None, refine_boxes: bool = False) -> dict[int, str]:
+                 progress: Callable[[int, int], None] | None = None, refine_boxes: bool = False,
+                 turn_search: bool | None = None) -> dict[int, str]:
         """Prompt-free segmentation: one new segment per class of the model (named, coloured, with terminology;
         classes it did not find give empty segments). ``model``: a name from ``auto_models()`` or a path.
         ``refine_boxes``: the model's plain base model redraws each class from boxes (``engine/refine.py``; the
-        same as ``auto --refine-boxes``: it reuses the automatic model's embeddings). Returns {label value:
+        same as ``auto --refine-boxes``: it reuses the automatic model's embeddings). ``turn_search``: try the
+        quarter turns of each plane (``auto --turn-search``; None: as the model card says). Returns {label value:
         segment id}."""
         from ..engine.auto import AutoSegmenter, open_box_refiner
         from ..engine.terminology import slicer_terminology_tag
@@ -200,7 +202,7 @@ class SceneController:
         # the encoder, and the head was trained on the base encoder's embeddings).
         reuse = self.settings.name == base_name and getattr(self.model, "peft_config", None) is None
         segmenter = AutoSegmenter(path, _device(self.settings.device), base_model=self.model if reuse else None,
-                                  cache=self.cache)
+                                  cache=self.cache, turn_search=turn_search)
         labels, classes = segmenter.segment(volume_from_node(volume_node), progress,
                                             refiner=open_box_refiner(segmenter) if refine_boxes else None)
         return self.import_labels(

@@ -100,7 +100,12 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
 
 
 def add_refine_boxes_argument(parser: argparse.ArgumentParser) -> None:
-    """``--refine-boxes [ADAPTER]``: the same option for ``auto`` and ``evaluate --protocol auto``."""
+    """``--refine-boxes [ADAPTER]`` and ``--turn-search``: the same options for ``auto`` and ``evaluate --protocol
+    auto``."""
+    parser.add_argument("--turn-search", action=argparse.BooleanOptionalAction, default=None,
+                        help="try each plane as stored and turned by 90, 180 and 270 degrees and keep the turn the "
+                             "model is surest of (4x the work; for images whose in-plane orientation is unknown, "
+                             "e.g. cardiac short-axis MRI); default: as the model card says")
     parser.add_argument("--refine-boxes", nargs="?", const="none", metavar="ADAPTER",
                         help="redraw each class plane by plane from a box around the automatic mask with the "
                              "promptable base model (rings such as a myocardium keep the automatic result); "
@@ -217,7 +222,8 @@ def run_auto_command(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("automatic segmentation", total=2 * volume.shape[0])
-        segmenter = AutoSegmenter(args.model, args.device, weights=args.weights, cache=cache)
+        segmenter = AutoSegmenter(args.model, args.device, weights=args.weights, cache=cache,
+                                  turn_search=args.turn_search)
         refiner = refine_progress = None
         if args.refine_boxes is not None:
             refiner = open_box_refiner(segmenter, args.refine_boxes, args.device)
@@ -232,9 +238,12 @@ def run_auto_command(args: argparse.Namespace) -> int:
     voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
     rows = [{**s.to_dict(), "terminology": (s.terminology or {}).get("type", {}).get("CodeMeaning")}
             for s in segments]
+    turned = segmenter.last_turns * 90 if segmenter.turn_search else None  # degrees; None: not searched
     if args.json:
-        print(json.dumps({"output": str(out), "segments": rows}, indent=2))
+        print(json.dumps({"output": str(out), "segments": rows, "turned_degrees": turned}, indent=2))
     else:
+        if turned is not None:
+            print(f"planes seen turned by {turned} degrees (the surest of 4 turns)")
         for s in segments:
             size = f"{s.voxel_count} voxels" if volume.is_2d else f"{s.voxel_count * voxel_ml:.1f} ml"
             print(f"{s.label_value:3d}  {s.name:<24s} {size}")

@@ -171,6 +171,7 @@ class MedSamWebApp(TrameApp):
             "message": "", "error": "", "busy": False, "negative_mode": False, "volume_name": "", "last_view": "",
             "embedding": {"done": 0, "total": 0, "running": False, "error": ""},
             "auto_models": auto, "auto_model": auto[0] if auto else None, "auto_refine": False,
+            "auto_turns": False,
             "auto_reason": self.session.auto_unavailable_reason(),
             "server_path": "", "server_files": self.data_roots.listing() if self.data_roots else [],
             "data_dirs": [str(r) for r in self.data_roots.roots], "save_name": "segmentation.seg.nrrd",
@@ -202,8 +203,9 @@ class MedSamWebApp(TrameApp):
         ctrl.medsam_undo = lambda: self._guard(session.undo)
         ctrl.medsam_redo = lambda: self._guard(session.redo)
         ctrl.medsam_propagate = lambda: self._busy(session.propagate)
-        ctrl.medsam_auto = lambda: self._busy(lambda: session.run_auto(self.state.auto_model,
-                                                                       refine_boxes=bool(self.state.auto_refine)))
+        ctrl.medsam_auto = lambda: self._busy(lambda: session.run_auto(
+            self.state.auto_model, refine_boxes=bool(self.state.auto_refine),
+            turn_search=True if self.state.auto_turns else None))  # unticked: as the model card says
         ctrl.medsam_open_path = lambda: self._busy(
             lambda: self.load_volume(self.data_roots.resolve(self.state.server_path)))
         ctrl.medsam_save_path = lambda: self._guard(self._save_to_server)

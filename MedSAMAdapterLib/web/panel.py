@@ -92,6 +92,10 @@ def _auto_section(app: "MedSamWebApp") -> None:
                  hide_details=True, id="medsam-auto-refine",
                  title="the base model redraws each structure from a box around the automatic mask "
                        "(rings such as the myocardium keep the automatic result)")
+    v3.VCheckbox(v_model=("auto_turns",), label="also try the planes turned by 90, 180, 270 degrees",
+                 density="compact", hide_details=True, id="medsam-auto-turns",
+                 title="for images whose in-plane orientation is unknown (cardiac short-axis MRI): the turn the "
+                       "model is surest of wins; 4x the work. Models whose card asks for it always do")
     html.Div("{{ auto_reason }}", v_if="auto_reason", classes="text-caption text-grey")
 
 

@@ -244,14 +244,14 @@ class WebSession:
                 f"RUN/auto_model.safetensors + .json into one of: {folders}")
 
     def run_auto(self, model: str, progress: Callable[[int, int], None] | None = None,
-                 refine_boxes: bool = False) -> dict[int, str]:
+                 refine_boxes: bool = False, turn_search: bool | None = None) -> dict[int, str]:
         if self.volume_node is None:
             raise InputError("load a volume first")
         if model not in self.auto_models():
             raise InputError(f"unknown prompt-free model {model!r}; found: {sorted(self.auto_models()) or 'none'}")
         start = time.perf_counter()
         created = self.controller.run_auto(self.volume_node, self.segmentation_node, model, progress,
-                                           refine_boxes=refine_boxes)
+                                           refine_boxes=refine_boxes, turn_search=turn_search)
         self.log.ok(f"auto: {len(created)} segment(s) in {time.perf_counter() - start:.1f} s",
                     time.perf_counter() - start)
         return created

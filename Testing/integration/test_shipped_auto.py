@@ -19,16 +19,22 @@ def test_card_is_honest_about_data_and_held_out_patients():
     assert "NC" in card["training"]["note"] and card["metrics"]["val_dice_mean"] > 0.6
 
 
-def test_segments_a_held_out_heart():
+def test_segments_a_held_out_heart_stored_a_quarter_turn_away():
+    """patient082's heart lies turned by 90 degrees against the training patients' (ACDC's files lost their
+    in-plane orientation): as stored the model misses the RV; the card's turn search finds it."""
     from MedSAMAdapterLib.data.nnunet import open_dataset, read_case
-    from MedSAMAdapterLib.engine.auto import run_auto
+    from MedSAMAdapterLib.engine.auto import AutoSegmenter
 
-    held_out = sorted(read_auto_card(MODEL)["training"]["data"]["val_cases"])[0]
-    volume, truth = read_case(open_dataset(SHARED_DATA / "Dataset001_ACDC"), held_out)
-    labels, segments = run_auto(volume, MODEL)
-    assert [s.name for s in segments] == ["RV", "MYO", "LV"]
+    assert "patient082_frame01" in read_auto_card(MODEL)["training"]["data"]["val_cases"]
+    volume, truth = read_case(open_dataset(SHARED_DATA / "Dataset001_ACDC"), "patient082_frame01")
+    segmenter = AutoSegmenter(MODEL)
+    assert segmenter.turn_search  # the shipped card asks for it
+    labels, segments = segmenter.segment(volume)
+    assert [s.name for s in segments] == ["RV", "MYO", "LV"] and segmenter.last_turns in (1, 3)
     dice = [dice_score(labels == v, truth == v) for v in (1, 2, 3)]
-    assert np.mean(dice) > 0.5, dice
+    assert dice[0] > 0.7 and np.mean(dice) > 0.8, dice
+    as_stored = AutoSegmenter(MODEL, turn_search=False).predict(volume)
+    assert dice_score(as_stored == 1, truth == 1) < 0.3
 
 
 def test_box_refinement_sharpens_the_chambers_of_a_held_out_heart():
@@ -39,7 +45,7 @@ def test_box_refinement_sharpens_the_chambers_of_a_held_out_heart():
 
     held_out = sorted(read_auto_card(MODEL)["training"]["data"]["val_cases"])[0]
     volume, truth = read_case(open_dataset(SHARED_DATA / "Dataset001_ACDC"), held_out)
-    segmenter = AutoSegmenter(MODEL)
+    segmenter = AutoSegmenter(MODEL, turn_search=False)  # this heart lies as the training hearts do
     plain = segmenter.predict(volume)
     refiner = open_box_refiner(segmenter, "none")
     refined, _ = segmenter.segment(volume, refiner=refiner)

@@ -76,6 +76,22 @@ def test_oblique_grid_gets_the_nearest_code_and_torch_tensors_with_leading_axes_
     assert torch.equal(mapping.undo(moved), logits)
 
 
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, -1, 5])
+def test_quarter_turns_rotate_each_plane_and_keep_every_voxel_at_its_physical_point(turns):
+    array = np.random.default_rng(1).random((3, 4, 6)).astype(np.float32)
+    geometry = Geometry.from_sitk(sitk_image(array, direction_of((1, 0, 2), (1, -1, 1))))
+    mapping = Reorientation.quarter_turns(geometry, array.shape, turns)
+    turned = mapping.apply(array)
+    assert np.array_equal(turned, np.rot90(array, turns, axes=(1, 2)))
+    assert np.array_equal(mapping.undo(turned), array)
+    assert mapping.is_identity == (turns % 4 == 0)
+    for old_ijk in ([0, 0, 0], [5, 3, 2], [1, 2, 1]):
+        new_ijk = mapping.geometry.lps_to_ijk(geometry.ijk_to_lps(np.array(old_ijk, float)))
+        i, j, k = np.round(new_ijk).astype(int)
+        assert np.allclose(new_ijk, (i, j, k))  # lands on a voxel centre of the turned grid
+        assert turned[k, j, i] == array[old_ijk[2], old_ijk[1], old_ijk[0]]
+
+
 @pytest.mark.parametrize("bad", ["LPX", "LLS", "LP", "lpsr", 7])
 def test_bad_orientation_codes_are_refused(bad):
     with pytest.raises(InputError, match="orientation code"):
@@ -148,3 +164,75 @@ def test_training_brings_cases_onto_the_majority_orientation(tmp_path, tiny_mode
     result = train_auto(cfg, cases[:2] + cases[2:], cases[2:], tmp_path / "run", LABELS, model=tiny_model)
     assert result.stats["orientation"] == "LPS" and result.model.orientation == "LPS"
     assert json.loads((tmp_path / "run" / "auto_model.json").read_text())["orientation"] == "LPS"
+
+
+# ---------------------------------------------------------------------------------------------- turn search
+def test_turn_search_keeps_the_turn_the_model_is_surest_of_and_maps_the_result_back(tmp_path, tiny_model,
+                                                                                      monkeypatch):
+    """A stand-in model that is sure only when the bright corner marker sits top left: the search must find the
+    turn that puts it there, and the label map must come back onto the volume's own grid."""
+    from MedSAMAdapterLib.engine.auto import AutoSegmenter
+
+    save_auto_model(tmp_path / "m", tiny_auto_model(tiny_model))
+    image = np.zeros((2, 12, 12), np.float32)
+    image[:, 9:, 9:] = 100.0  # the marker, bottom right as stored: two quarter turns bring it top left
+
+    def stand_in(work, progress):
+        sure = float(work.array[0, :3, :3].mean()) > 50  # the marker top left
+        logits = torch.zeros((3, *work.shape))
+        logits[1, :, :6, :6] = 8.0 if sure else 0.5  # class 1 in the top-left quarter of the turned grid
+        return logits
+
+    segmenter = AutoSegmenter(tmp_path / "m", base_model=tiny_model, turn_search=True)
+    monkeypatch.setattr(segmenter, "_model_logits", stand_in)
+    labels = segmenter.predict(make_volume(image))
+    assert segmenter.last_turns == 2
+    expected = np.zeros(image.shape, labels.dtype)
+    expected[:, 6:, 6:] = 1  # the top-left quarter of the grid turned by 180 degrees, as stored
+    assert np.array_equal(labels, expected)
+
+
+
+def test_class_confidence_averages_over_classes_and_counts_a_missing_class_as_zero():
+    from MedSAMAdapterLib.engine.auto import class_confidence
+
+    assert class_confidence(torch.zeros((3, 1, 2, 2))) == 0.0  # background wins everywhere: nothing found
+    sure = float(torch.softmax(torch.tensor([0.0, 9.0, 0.0]), 0)[1])
+    one_class = torch.tensor([[0.0, 0.0], [9.0, 0.0], [0.0, 0.0]]).reshape(3, 1, 1, 2)
+    assert class_confidence(one_class) == pytest.approx(sure / 2)  # class 2 wins nowhere: counts 0
+    unsure = float(torch.softmax(torch.tensor([0.0, 0.0, 1.0]), 0)[2])
+    both = torch.tensor([[0.0, 0.0, 0.0], [9.0, 9.0, 0.0], [0.0, 0.0, 1.0]]).reshape(3, 1, 1, 3)
+    assert class_confidence(both) == pytest.approx((sure + unsure) / 2)  # two sure voxels weigh as much as one
+
+
+def test_turn_search_gives_the_same_anatomy_whichever_way_the_planes_are_stored(tmp_path, tiny_model):
+    """The four candidates of a volume and of its quarter-turned copy are the same pictures, so the real pipeline
+    (tiny model) must return the same labels, turned."""
+    from MedSAMAdapterLib.engine.auto import AutoSegmenter
+
+    save_auto_model(tmp_path / "m", tiny_auto_model(tiny_model, "cnn"))
+    image, _ = synthetic_case(3, shape=(3, 40, 40))
+    image[:, :8, :12] += 150.0  # break the disc's symmetry
+    segmenter = AutoSegmenter(tmp_path / "m", base_model=tiny_model, turn_search=True)
+    reference = segmenter.predict(make_volume(image))
+    first_turn = segmenter.last_turns
+    turned = segmenter.predict(make_volume(np.ascontiguousarray(np.rot90(image, 1, axes=(1, 2)))))
+    assert np.array_equal(turned, np.rot90(reference, 1, axes=(1, 2)))
+    assert segmenter.last_turns == (first_turn - 1) % 4
+    assert not AutoSegmenter(tmp_path / "m", base_model=tiny_model).turn_search  # the card's default: off
+
+
+def test_card_turn_search_default_and_refusal(tmp_path, tiny_model):
+    from MedSAMAdapterLib.engine.auto import AutoSegmenter
+
+    save_auto_model(tmp_path / "m", tiny_auto_model(tiny_model))
+    card_path = tmp_path / "m.json"
+    card = json.loads(card_path.read_text())
+    card["turn_search"] = True
+    card_path.write_text(json.dumps(card))
+    assert AutoSegmenter(tmp_path / "m", base_model=tiny_model).turn_search
+    assert not AutoSegmenter(tmp_path / "m", base_model=tiny_model, turn_search=False).turn_search
+    card["turn_search"] = "yes"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="turn_search"):
+        AutoSegmenter(tmp_path / "m", base_model=tiny_model)

@@ -152,7 +152,7 @@ def test_auto_segmenter_refines_with_a_session_on_the_volume(tmp_path, tiny):
     assert not session.segments  # refinement leaves the session's segments alone
 
 
-def test_cli_auto_and_evaluate_take_refine_boxes(tmp_path, tiny, monkeypatch, capsys):
+def test_cli_auto_and_evaluate_take_refine_boxes_and_turn_search(tmp_path, tiny, monkeypatch, capsys):
     import SimpleITK as sitk
 
     from MedSAMAdapterLib.models import loading
@@ -165,18 +165,22 @@ def test_cli_auto_and_evaluate_take_refine_boxes(tmp_path, tiny, monkeypatch, ca
     image = sorted((root / "imagesTr").iterdir())[0]
     out = tmp_path / "out.nii.gz"
     assert main(["auto", str(image), "--model", str(tmp_path / "m"), "-o", str(out), "--refine-boxes",
-                 "--cache-dir", str(tmp_path / "c")]) == 0
+                 "--cache-dir", str(tmp_path / "c"), "--turn-search", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["turned_degrees"] in (0, 90, 180, 270)
     assert opened == ["none"]  # the head's base model, which is also the refiner (no second model)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
     assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape
     assert main(["evaluate", str(root), "--protocol", "auto", "--model", str(tmp_path / "m"), "--refine-boxes",
-                 "default", "--max-cases", "1", "--out", str(tmp_path / "eval")]) == 0
+                 "default", "--max-cases", "1", "--out", str(tmp_path / "eval"), "--turn-search"]) == 0
     assert opened[-1] is None  # ``default``: the base model opened again with the shipped click adapter
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["box_refinement"] == "default" and summary["cases"]
+    assert summary["box_refinement"] == "default" and summary["cases"] and summary["turn_search"] is True
+    assert summary["cases"][0]["quarter_turns"] in (0, 1, 2, 3)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "| box refinement | default |" in report and "| turn search | True (" in report
     assert main(["evaluate", str(root), "--protocol", "box", "--model", "tiny-test", "--refine-boxes",
                  "--out", str(tmp_path / "e2")]) != 0
-    assert "box refinement applies to the auto protocol" in capsys.readouterr().err
+    assert "box refinement and turn search apply to the auto protocol" in capsys.readouterr().err
 
 
 def test_shipped_cards_mark_their_rings():

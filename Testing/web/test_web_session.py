@@ -145,13 +145,14 @@ def test_auto_segmentation_offers_the_shipped_model_and_explains_when_none_is_fo
         session.run_auto("nothing")
 
 
-def test_auto_segmentation_forwards_box_refinement(session, monkeypatch):
+def test_auto_segmentation_forwards_box_refinement_and_turn_search(session, monkeypatch):
     calls = []
     monkeypatch.setattr(session.controller, "run_auto",
-                        lambda volume, segmentation, model, progress=None, refine_boxes=False:
-                        calls.append((model, refine_boxes)) or {1: "s1"})
+                        lambda volume, segmentation, model, progress=None, refine_boxes=False, turn_search=None:
+                        calls.append((model, refine_boxes, turn_search)) or {1: "s1"})
     assert session.run_auto("acdc_heart_autosam", refine_boxes=True) == {1: "s1"}
-    assert calls == [("acdc_heart_autosam", True)]
+    session.run_auto("acdc_heart_autosam", turn_search=True)
+    assert calls == [("acdc_heart_autosam", True, None), ("acdc_heart_autosam", False, True)]
 
 
 def test_embedding_progress_is_reported(session):
