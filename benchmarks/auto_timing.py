@@ -1,5 +1,6 @@
 """Automatic segmentation of one 3D volume, side by side in one process: a teacher against its distilled student,
-and/or a 2D-head model with and without box refinement (``--refine-boxes``, ``engine/refine.py``).
+and/or a 2D-head model with and without box refinement (``--refine-boxes``, ``engine/refine.py``), and/or with and
+without turn search (``--turn-search``: the four quarter turns of each plane, ``engine/auto.py``).
 
 All runs segment the same volume on the same device and alternate (teacher, student, teacher, ...) so a busy
 machine slows them alike. Every run starts from an empty in-memory embedding cache, as on a volume never seen
@@ -7,6 +8,7 @@ before. Reports median seconds per volume after warm-up, the first/last time rat
 against the case's ground truth. Runs on the CPU and, when torch sees one, on CUDA.
 
     python benchmarks/auto_timing.py --teacher RUN/auto_model [--student models/student] [--refine-boxes] \\
+        [--turn-search] \\
         [--data ../shared/data/Dataset001_ACDC] [--case patient002_frame01] [--repeats 3] [--out benchmarks/results]
 """
 
@@ -50,13 +52,14 @@ def alternate(runs: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1)
 
 
 def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, device: str,
-        refine: set[str] = frozenset()) -> dict[str, Any]:
-    """``models``: {run name: model path}; run names in ``refine`` segment with box refinement (base model)."""
+        refine: set[str] = frozenset(), turns: dict[str, bool] | None = None) -> dict[str, Any]:
+    """``models``: {run name: model path}; run names in ``refine`` segment with box refinement (base model);
+    ``turns``: {run name: turn search on / off} (runs not named: as their card says)."""
     dataset = open_dataset(data)
     case = case or sorted(dataset.cases)[0]
     volume, truth = read_case(dataset, case)
-    segmenters = {name: AutoSegmenter(path, device, cache=EmbeddingCache(use_disk=False))
-                  for name, path in models.items()}
+    segmenters = {name: AutoSegmenter(path, device, cache=EmbeddingCache(use_disk=False),
+                                      turn_search=(turns or {}).get(name)) for name, path in models.items()}
     labels = {int(c.label_value): c.name for c in next(iter(segmenters.values())).classes}
     outputs: dict[str, np.ndarray] = {}
 
@@ -75,7 +78,8 @@ def run(models: dict[str, Path], data: Path, case: str | None, repeats: int, dev
         params = sum(p.numel() for p in (seg.volumetric.network if seg.volumetric else seg.head.head).parameters())
         rows[name] = {"model": str(models[name]), "kind": seg.kind, "parameters": params,
                       "median_s": statistics.median(times[name]), "runs_s": times[name], "dice": dice,
-                      "dice_mean": float(np.mean(list(dice.values())))}
+                      "dice_mean": float(np.mean(list(dice.values()))), "turn_search": seg.turn_search,
+                      "turned_degrees": 90 * seg.last_turns if seg.turn_search else None}
     names = list(rows)
     return {"device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "platform": platform.platform(), "dataset": dataset.name, "case": case, "shape": list(volume.shape),
@@ -88,11 +92,13 @@ def to_markdown(result: dict[str, Any]) -> str:
              f"{result['torch']}", "",
              f"{result['dataset']} `{result['case']}` {result['shape']} (k, j, i); median of {result['repeats']} "
              f"alternating runs after one warm-up.", "",
-             "| model | kind | parameters | median s / volume | Dice per class | mean Dice |", "|---|---|---:|---:|---|---:|"]
+             "| model | kind | parameters | turn search | median s / volume | Dice per class | mean Dice |",
+             "|---|---|---:|---|---:|---|---:|"]
     for name, row in result["models"].items():
         dice = ", ".join(f"{k} {v:.3f}" for k, v in row["dice"].items())
-        lines.append(f"| {name} | {row['kind']} | {row['parameters']:,} | {row['median_s']:.2f} | {dice} | "
-                     f"{row['dice_mean']:.3f} |")
+        searched = "off" if not row.get("turn_search") else f"on (turned {row.get('turned_degrees')} deg)"
+        lines.append(f"| {name} | {row['kind']} | {row['parameters']:,} | {searched} | {row['median_s']:.2f} | "
+                     f"{dice} | {row['dice_mean']:.3f} |")
     names = list(result["models"])
     lines += ["", f"{names[0]} / {names[-1]} time ratio: **{result['ratio_first_over_second']:.2f}x**", ""]
     return "\n".join(lines)
@@ -104,6 +110,8 @@ def main() -> None:
     parser.add_argument("--student", type=Path, help="a distilled student to race against the teacher")
     parser.add_argument("--refine-boxes", action="store_true",
                         help="also run the teacher (a 2D head) with box refinement by its base model")
+    parser.add_argument("--turn-search", action="store_true",
+                        help="run the teacher without and with turn search (the four quarter turns of each plane)")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Dataset001_ACDC")
     parser.add_argument("--case")
     parser.add_argument("--repeats", type=int, default=3)
@@ -115,16 +123,20 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.student and not args.refine_boxes:
-        parser.error("give --student, --refine-boxes or both")
+    if not (args.student or args.refine_boxes or args.turn_search):
+        parser.error("give --student, --refine-boxes, --turn-search or several")
     models = {"teacher": args.teacher}
+    turns = {"teacher": False, "teacher + turns": True} if args.turn_search else {}
+    if args.turn_search:
+        models["teacher + turns"] = args.teacher
     if args.refine_boxes:
         models["teacher + boxes"] = args.teacher
     if args.student:
         models["student"] = args.student
-    suffix = "_refine" if args.refine_boxes and not args.student else ""
+    suffix = "".join(s for s, on in (("_turns", args.turn_search), ("_refine", args.refine_boxes)) if on)
+    suffix = "" if args.student else suffix
     for device in devices:
-        result = run(models, args.data, args.case, args.repeats, device, {"teacher + boxes"})
+        result = run(models, args.data, args.case, args.repeats, device, {"teacher + boxes"}, turns)
         stem = args.out / f"auto_timing{suffix}_{device.split(':')[0]}"
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
         stem.with_suffix(".md").write_text(to_markdown(result))

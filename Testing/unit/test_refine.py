@@ -192,7 +192,7 @@ def test_shipped_cards_mark_their_rings():
     assert flags["abdomen_ct_autosam"]["vertebrae"] is False and flags["abdomen_ct_autosam"]["liver"] is True
 
 
-def test_auto_timing_benchmark_races_refinement_against_the_plain_head(tmp_path, tiny, monkeypatch):
+def test_auto_timing_benchmark_races_refinement_and_turn_search_against_the_plain_head(tmp_path, tiny, monkeypatch):
     import importlib.util
 
     from MedSAMAdapterLib.models import loading
@@ -205,8 +205,11 @@ def test_auto_timing_benchmark_races_refinement_against_the_plain_head(tmp_path,
     monkeypatch.setattr(loading, "open_model", lambda *a, **k: tiny)
     save_auto_model(tmp_path / "m", tiny_auto_model(tiny, "linear"))
     root = write_nnunet(tmp_path / "Dataset900_T", cases=1)
-    result = bench.run({"teacher": tmp_path / "m", "teacher + boxes": tmp_path / "m"}, root, None, 1, "cpu",
-                       {"teacher + boxes"})
+    runs = {"teacher": tmp_path / "m", "teacher + turns": tmp_path / "m", "teacher + boxes": tmp_path / "m"}
+    result = bench.run(runs, root, None, 1, "cpu", {"teacher + boxes"}, {"teacher + turns": True})
     rows = result["models"]
-    assert set(rows) == {"teacher", "teacher + boxes"} and all(r["median_s"] > 0 for r in rows.values())
-    assert "teacher / teacher + boxes time ratio" in bench.to_markdown(result)
+    assert set(rows) == set(runs) and all(r["median_s"] > 0 for r in rows.values())
+    assert [r["turn_search"] for r in rows.values()] == [False, True, False]  # the tiny card's default: off
+    assert rows["teacher + turns"]["turned_degrees"] in (0, 90, 180, 270)
+    markdown = bench.to_markdown(result)
+    assert "teacher / teacher + boxes time ratio" in markdown and "| on (turned " in markdown
