@@ -74,7 +74,6 @@ class AutoSegmenter:
                  weights: str | os.PathLike | None = None, cache: Any = None, turn_search: bool | None = None
                  ) -> None:
         from ..models.auto_classes import card_turn_search
-
         from ..models.volumetric import is_volumetric, load_volumetric_model
 
         from .cache import EmbeddingCache
