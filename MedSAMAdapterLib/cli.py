@@ -102,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--region", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
                           help="score a union of labels instead of the labels (repeatable; labels by value or "
                                "name), e.g. --region optic_disc=1,2 --region optic_cup=2")
-    from .training.cli_auto import add_refine_boxes_argument
+    from .training.cli_auto import add_auto_inference_arguments
 
-    add_refine_boxes_argument(evaluate)
+    add_auto_inference_arguments(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     from .training.cli_auto import add_auto_parsers

@@ -41,7 +41,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     auto.add_argument("--no-cache", action="store_true", help="do not read or write the disk embedding cache")
     auto.add_argument("--cache-dir", type=Path, help="embedding cache folder (default: the user cache)")
     auto.add_argument("--json", action="store_true", help="print the segment summary as JSON")
-    add_refine_boxes_argument(auto)
+    add_auto_inference_arguments(auto)
     auto.set_defaults(handler=run_auto_command)
 
     t = subparsers.add_parser(
@@ -99,7 +99,7 @@ def add_auto_parsers(subparsers: Any) -> tuple[argparse.ArgumentParser, argparse
     return auto, t
 
 
-def add_refine_boxes_argument(parser: argparse.ArgumentParser) -> None:
+def add_auto_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """``--refine-boxes [ADAPTER]`` and ``--turn-search``: the same options for ``auto`` and ``evaluate --protocol
     auto``."""
     parser.add_argument("--turn-search", action=argparse.BooleanOptionalAction, default=None,
