@@ -136,12 +136,7 @@ class AutoSegmenter:
     def _in_model_orientation(self, volume: Volume, run: Callable[[Volume], Any]) -> Any:
         """``run`` on the volume as the model was trained to see it (its card's ``orientation``: an exact axis
         permutation / flip, no resampling), the (..., k, j, i) result mapped back onto the volume's own grid."""
-        work, mapping = volume.reoriented(self.orientation)
-        out = run(work)
-        if mapping is None:
-            return out
-        back = mapping.undo(out)
-        return back.contiguous() if hasattr(back, "contiguous") else np.ascontiguousarray(back)  # torch / numpy
+        return _through(volume, volume.reorientation(self.orientation), run)
 
     def logits(self, volume: Volume, progress: ProgressCallback | None = None) -> Any:
         """(K, k, j, i) float32 logits of the whole volume (a torch tensor on the CPU), on the volume's own grid.
@@ -158,12 +153,8 @@ class AutoSegmenter:
         best: tuple[float, int, Any] | None = None
         for turn in turns:
             step = (lambda d, t, n=turn: progress(n * t + d, len(turns) * t)) if progress else None
-            if turn == 0:
-                logits = self._model_logits(work, step)
-            else:
-                mapping = Reorientation.quarter_turns(work.geometry, work.shape, turn)
-                turned = Volume(np.ascontiguousarray(mapping.apply(work.array)), mapping.geometry, work.source)
-                logits = mapping.undo(self._model_logits(turned, step)).contiguous()
+            logits = _through(work, Reorientation.quarter_turns(work.geometry, work.shape, turn),
+                              lambda turned: self._model_logits(turned, step))
             score = class_confidence(logits) if len(turns) > 1 else 0.0
             if best is None or score > best[0]:
                 best = (score, turn, logits)
@@ -272,6 +263,15 @@ class AutoSegmenter:
         """(label map, segments) of :meth:`predict` (with ``refiner``: box-refined)."""
         labels = self.predict(volume, progress, refiner=refiner, refine_progress=refine_progress)
         return labels, segments_for(labels, self.classes)
+
+
+def _through(volume: Volume, mapping: Any, run: Callable[[Volume], Any]) -> Any:
+    """``run`` on ``volume`` moved onto the grid of ``mapping`` (a ``geometry.Reorientation``; None or the
+    identity: the volume as it is), the (..., k, j, i) result (torch or numpy) mapped back onto the volume's grid."""
+    if mapping is None or mapping.is_identity:
+        return run(volume)
+    back = mapping.undo(run(volume.remapped(mapping)))
+    return back.contiguous() if hasattr(back, "contiguous") else np.ascontiguousarray(back)  # torch / numpy
 
 
 def class_confidence(logits: Any) -> float:

@@ -105,10 +105,11 @@ class Volume:
         rows and columns are used as stored: its geometry says nothing about the patient).
         """
         mapping = self.reorientation(code)
-        if mapping is None:
-            return self, None
-        array = np.ascontiguousarray(mapping.apply(self.array))
-        return Volume(array, mapping.geometry, self.source, self.is_rgb), mapping
+        return (self, None) if mapping is None else (self.remapped(mapping), mapping)
+
+    def remapped(self, mapping: Reorientation) -> "Volume":
+        """This volume on the grid of ``mapping`` (a reorientation or a quarter turn): the same physical voxels."""
+        return Volume(np.ascontiguousarray(mapping.apply(self.array)), mapping.geometry, self.source, self.is_rgb)
 
     def reorientation(self, code: str | None) -> Reorientation | None:
         """The map onto the grid of orientation ``code`` (see :meth:`reoriented`); None when nothing changes."""
