@@ -5,7 +5,7 @@ Protocols (slices are along array axis 0, i.e. planes of constant k):
   GT area, then ``session.propagate`` through the volume; the label's result is the whole 3D mask.
 - ``clicks``: per label, on the image (2D) or the largest-area slice (3D): a first click at the object centre,
   then up to four corrective clicks on the largest error, each call given all clicks so far plus the previous
-  low-res logits (``use_previous_mask``). Metrics after 1, 3 and 5 clicks (on that slice for 3D); Dice after
+  mask (``use_previous_mask``). Metrics after 1, 3 and 5 clicks (on that slice for 3D); Dice after
   every click for the Dice-vs-clicks curve.
 - ``auto``: no prompts; ``model_name`` is an automatic model file (2D head, AutoProSAM or a distilled student,
   ``engine.auto.AutoSegmenter``); its label map is scored per class, every class on every case.

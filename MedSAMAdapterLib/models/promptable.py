@@ -109,17 +109,21 @@ class PromptableSam(nn.Module):
 
     def decode(self, embedding: Tensor, points: Tensor | None = None, labels: Tensor | None = None,
                box: Tensor | None = None, mask_logits: Tensor | None = None,
-               multimask: bool = False) -> tuple[Tensor, Tensor]:
+               multimask: bool = False, text: str | None = None) -> tuple[Tensor, Tensor]:
         """Prompts -> (low-res logits (1, K, 4E, 4E), predicted IoU (1, K)); K = 3 if ``multimask`` else 1.
 
         SAM convention: the multimask outputs are decoder tokens 1..3, the single output is token 0.
-        The embedding is cast to the decoder's device and dtype (the disk cache stores fp16).
+        The embedding is cast to the decoder's device and dtype (the disk cache stores fp16). ``text``: the
+        structure's name, used when the adapter has text prompts that know it (``understands``), else ignored.
         """
         self._check_embedding(embedding)
         ref = next(self.mask_decoder.parameters())
         embedding = embedding.to(ref.device, ref.dtype)
         prompts = self._prompt_tensors(embedding, points, labels, box, mask_logits)
         sparse, dense = self.prompt_encoder(points=prompts[0], boxes=prompts[1], masks=prompts[2])
+        if self.understands(text):
+            pad = getattr(self.prompt_encoder, "not_a_point_embed", None)
+            sparse = self.mask_decoder.peft_text.condition(sparse, text, None if pad is None else pad.weight)
         return self.mask_decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
@@ -127,6 +131,11 @@ class PromptableSam(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
+
+    def understands(self, text: str | None) -> bool:
+        """Whether ``text`` is a structure name this model's adapter was trained to take as a prompt."""
+        module = getattr(self.mask_decoder, "peft_text", None)
+        return module is not None and module.understands(text)
 
     def _check_embedding(self, embedding: Tensor) -> None:
         e = self.embedding_size

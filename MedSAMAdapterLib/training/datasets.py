@@ -134,6 +134,7 @@ class SliceSample:
     case_index: int = -1
     kind: str = "foreground"
     prompt_mask: np.ndarray | None = None
+    name: str = ""  # the target's label / region name (the text prompt when training text prompts)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -272,7 +273,8 @@ class SliceDataset(torch.utils.data.Dataset):
         prompt_mask = None if prompt_slice is None else case.target(case.label_plane(prompt_slice), label)
         return SliceSample(case.plane(slice_index), label_plane, case.target(label_plane, label), int(label),
                            case.case_id,
-                           int(slice_index), case.dataset, case_index, kind, prompt_mask)
+                           int(slice_index), case.dataset, case_index, kind, prompt_mask,
+                           case.label_names.get(int(label), ""))
 
     # --- planes the trainer needs -----------------------------------------------------------------------
     def candidate_slices(self, chunk_depth: int | None = None) -> dict[int, list[int]]:

@@ -9,8 +9,8 @@ Mixture (:class:`PromptPolicy`): with ``box_weight`` a box (tight with ``tight_b
 moved by up to ``box_jitter`` x the box size), otherwise 1..``max_clicks`` clicks. The first click is at the
 interior maximum of the distance transform (``center_click_fraction``) or at a random interior point. Further
 clicks are simulated SAM-style (:meth:`PromptSimulator.simulate`): predict without gradient, click the largest
-error region (positive in a miss, negative in a false detection), feed the previous low-res logits back as the
-mask prompt, repeat; the caller then runs the final prediction with gradient. Multimask output is asked for
+error region (positive in a miss, negative in a false detection), feed the previous mask back as the
+mask prompt (the binary mask, as ``InteractiveSession`` does), repeat; the caller then runs the final prediction with gradient. Multimask output is asked for
 exactly when the session asks for it (a single click, no box, no mask prompt), and the best-IoU mask is kept.
 
 ``edge`` samples (empty target, see ``training.datasets``) are prompted like propagation does: the box of the
@@ -46,9 +46,10 @@ class PromptPolicy:
     max_clicks: int = 5
     center_click_fraction: float = 0.5
     mask_prompt: bool = True
+    text_fraction: float = 0.0  # prompts that also carry the structure's name; > 0 gives the adapter text prompts
 
     def __post_init__(self) -> None:
-        for name in ("box_weight", "tight_box_fraction", "center_click_fraction"):
+        for name in ("box_weight", "tight_box_fraction", "center_click_fraction", "text_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"prompt policy {name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.box_jitter < 0.5:
@@ -58,11 +59,12 @@ class PromptPolicy:
 
     @classmethod
     def parse(cls, text: str | None) -> "PromptPolicy":
-        """``"box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5,mask=1"`` (any subset; ``box`` = box weight)."""
+        """``"box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5,mask=1,text=0.5"`` (any subset; ``box`` = box
+        weight, ``text`` = text fraction)."""
         if not text:
             return cls()
         keys = {"box": "box_weight", "clicks": "max_clicks", "jitter": "box_jitter", "tight": "tight_box_fraction",
-                "center": "center_click_fraction", "mask": "mask_prompt"}
+                "center": "center_click_fraction", "mask": "mask_prompt", "text": "text_fraction"}
         values: dict[str, Any] = {}
         for part in str(text).split(","):
             key, _, value = part.strip().partition("=")
@@ -84,7 +86,7 @@ class SimulatedPrompt:
     """One sample's prompt: slice-space record + model-space tensors for ``PromptableSam.decode``.
 
     ``clicks``: (row, col, positive) in click order; ``box_rc``: inclusive (r0, c0, r1, c1) or None;
-    ``mask_logits``: (1, 1, L, L) previous low-res logits (detached) or None; ``rounds``: no-grad predictions
+    ``mask_logits``: (1, 1, L, L) mask prompt made from the previous prediction's mask, or None; ``rounds``: no-grad predictions
     made to place the corrective clicks.
     """
 
@@ -95,6 +97,7 @@ class SimulatedPrompt:
     target_clicks: int = 0
     mask_logits: torch.Tensor | None = None
     rounds: int = 0
+    text: str | None = None
 
     @property
     def multimask(self) -> bool:
@@ -111,7 +114,12 @@ class SimulatedPrompt:
         if self.box_rc is not None:
             box = torch.tensor([self.transform.box_rc_to_model(*self.box_rc)], dtype=torch.float32, device=device)
         mask = None if self.mask_logits is None else self.mask_logits.to(device)
-        return {"points": points, "labels": labels, "box": box, "mask_logits": mask, "multimask": self.multimask}
+        inputs = {"points": points, "labels": labels, "box": box, "mask_logits": mask, "multimask": self.multimask}
+        return inputs | ({"text": self.text} if self.text is not None else {})
+
+    def feed_back(self, mask: np.ndarray) -> None:
+        """Make the previous prediction's binary mask the next mask prompt, exactly as the session does."""
+        self.mask_logits = self.transform.mask_to_model_logits(mask)
 
     def model_points(self) -> np.ndarray:
         """(N, 2) click positions in model (x, y)."""
@@ -172,7 +180,7 @@ class PromptSimulator:
     @torch.no_grad()
     def refine(self, model: Any, embedding: torch.Tensor, prompt: SimulatedPrompt, target: np.ndarray,
                autocast: Any = None) -> SimulatedPrompt:
-        """Add the planned corrective clicks: predict (no grad), click the largest error, feed the logits back.
+        """Add the planned corrective clicks: predict (no grad), click the largest error, feed the mask back.
 
         ``autocast``: an optional context-manager factory (bf16 on CUDA). A perfect prediction ends early.
         """
@@ -191,13 +199,19 @@ class PromptSimulator:
                 break
             prompt.clicks.append((int(click[0]), int(click[1]), bool(click[2])))
             if self.policy.mask_prompt:
-                prompt.mask_logits = logits.detach()
+                prompt.feed_back(pred)
         return prompt
 
     def simulate(self, model: Any, embedding: torch.Tensor, target: np.ndarray, transform: SliceTransform,
                  rng: np.random.Generator, prompt_mask: np.ndarray | None = None,
-                 autocast: Any = None) -> SimulatedPrompt:
-        """:meth:`initial` then :meth:`refine`: the prompt for the final, with-gradient prediction."""
+                 autocast: Any = None, name: str = "") -> SimulatedPrompt:
+        """:meth:`initial` then :meth:`refine`: the prompt for the final, with-gradient prediction.
+
+        With ``text_fraction`` that share of prompts also names the structure (``name``, when the model knows it),
+        the rest do not, so the adapter keeps working for unnamed segments.
+        """
         prompt = self.initial(target, transform, rng, prompt_mask)
+        if self.policy.text_fraction > 0 and rng.random() < self.policy.text_fraction:
+            prompt.text = name if getattr(model, "understands", lambda _: False)(name) else None
         return self.refine(model, embedding, prompt, target, autocast) if prompt.target_clicks > 1 else prompt
 

@@ -27,7 +27,7 @@ Choices (documented in the run's ``report.md`` too):
   (prompt encoder and decoder stay float32).
 - **Validation** every ``val_every`` epochs on a fixed list of held-out planes (``SliceDataset.validation_items``):
   Dice with a tight box, and after 1, 3 and 5 clicks (centre click, then largest-error clicks with the previous
-  logits fed back, multimask for the first click) - the evaluation protocol on single planes. The best epoch
+  mask fed back, multimask for the first click) - the evaluation protocol on single planes. The best epoch
   (``select_metric``) is exported with ``checkpoints.save_adapter``; ``patience`` epochs without improvement stop.
 - **Resume**: ``<run_dir>/last.pt`` (trained tensors, optimiser, scheduler, epoch, RNG, history) is replaced
   atomically after every epoch. Sampling and prompts are a function of (seed, epoch, index), so a resumed run
@@ -221,6 +221,10 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # adapter initialisation (e.g. LoRA A, HyP generator) is seeded
                 apply_peft(model, peft)
+        if cfg.prompt.text_fraction > 0 and getattr(model.mask_decoder, "peft_text", None) is None:
+            from ..models.peft import apply_text_prompts
+
+            apply_text_prompts(model, self._target_names())
         self.parameter_report = configure_trainable(model, cfg.recipe)
         model.to(self.device)
         from ..engine.embedder import encoder_is_frozen
@@ -354,7 +358,8 @@ class Trainer:
                      rng: np.random.Generator) -> tuple[Tensor, float]:
         """(loss with gradient, its segmentation part as a float) of one sample."""
         cfg = self.config
-        prompt = self.simulator.simulate(self.model, emb, sample.target, transform, rng, sample.prompt_mask)
+        prompt = self.simulator.simulate(self.model, emb, sample.target, transform, rng, sample.prompt_mask,
+                                         name=sample.name)
         low_res, iou = self.model.decode(emb, **prompt.model_inputs(self.device))
         target = model_space_target(sample.target, transform, low_res.shape[-1]).to(self.device)
         candidates = [self._seg_loss(low_res[:, k: k + 1], target) for k in range(low_res.shape[1])]
@@ -427,15 +432,24 @@ class Trainer:
         logits = low_res[:, best: best + 1].float()
         return logits, prompt.transform.logits_to_slice(logits)[0, 0].cpu().numpy() > 0, iou
 
+    def _target_names(self) -> set[str]:
+        """Names of every structure trained on: the text-prompt vocabulary."""
+        names = {c.label_names.get(v, "") for c in self.train_data.cases for v in c.label_values}
+        if not names - {""}:
+            raise InputError("text prompts need named labels (dataset.json labels or --region NAME=...)")
+        return names
+
     def _validate_one(self, sample: SliceSample, emb: Tensor, tr: SliceTransform) -> dict[str, float]:
         target = sample.target
-        box = SimulatedPrompt("box", tr, box_rc=tuple(float(v) for v in tight_box(target)))
+        # names go with the prompts as the session sends them: whenever the model knows them
+        text = sample.name if self.config.prompt.text_fraction > 0 and self.model.understands(sample.name) else None
+        box = SimulatedPrompt("box", tr, box_rc=tuple(float(v) for v in tight_box(target)), text=text)
         logits, mask, _ = self._predict(emb, box)
         row = {"box": dice_np(mask, target),
                "loss": float(self._seg_loss(logits, model_space_target(target, tr, logits.shape[-1])
                                             .to(self.device)))}
         r, c = first_click(target)
-        prompt = SimulatedPrompt("clicks", tr, clicks=[(r, c, True)])
+        prompt = SimulatedPrompt("clicks", tr, clicks=[(r, c, True)], text=text)
         dices: list[float] = []
         while len(dices) < max(CLICK_LEVELS):
             logits, mask, _ = self._predict(emb, prompt)
@@ -445,7 +459,7 @@ class Trainer:
                 dices += [dices[-1]] * (max(CLICK_LEVELS) - len(dices))
                 break
             prompt.clicks.append((int(click[0]), int(click[1]), bool(click[2])))
-            prompt.mask_logits = logits
+            prompt.feed_back(mask)
         row.update({f"clicks_{n}": dices[n - 1] for n in CLICK_LEVELS})
         return row
 

@@ -101,6 +101,39 @@ def test_undo_redo_restore_exact_masks():
     assert not session.redo(segment)
 
 
+class MaskPromptRecorder(EchoModel):
+    """EchoModel that remembers the mask prompt of each call."""
+
+    def __init__(self):
+        super().__init__()
+        self.mask_prompts = []
+
+    def decode(self, embedding, points, labels, box, mask_logits, multimask):
+        self.mask_prompts.append(mask_logits)
+        return super().decode(embedding, points, labels, box, mask_logits, multimask)
+
+
+def test_the_mask_prompt_is_the_segment_as_it_stands_after_edits_and_undo():
+    image, _ = sphere_volume()
+    model = MaskPromptRecorder()
+    session = InteractiveSession(make_volume(image), model)
+    drawn = np.zeros(session.volume.shape, bool)
+    drawn[6, 10:30, 12:40] = True  # e.g. painted by hand or imported from an automatic model
+    segment = session.add_segment_from_mask("a", drawn)
+    click = SlicePrompts([[20, 20]], [1], use_previous_mask=True)
+    session.segment_slice(segment, 0, 6, click)
+    expected = session.embedder.transform(0, 6).mask_to_model_logits(drawn[6])
+    assert torch.equal(model.mask_prompts[-1], expected)
+    after_click = session.segment_mask(segment)[6]
+    session.segment_slice(segment, 0, 6, click)  # the model's own result is fed back as a mask, not as logits
+    assert torch.equal(model.mask_prompts[-1], session.embedder.transform(0, 6).mask_to_model_logits(after_click))
+    while session.undo(segment):  # back to empty (an unchanged result adds no undo step)
+        pass
+    assert not session.segment_mask(segment).any()
+    session.segment_slice(segment, 0, 6, click)
+    assert model.mask_prompts[-1] is None  # nothing left to refine: a plain click
+
+
 def test_segments_are_independent_and_composed_into_a_label_map():
     image, _ = sphere_volume()
     session = InteractiveSession(make_volume(image), EchoModel())

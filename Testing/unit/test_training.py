@@ -276,6 +276,8 @@ def test_iterative_clicks_land_in_the_error_regions(wrong):
             assert model.calls[0]["multimask"] and model.calls[0]["mask"] is None
             assert all(call["mask"] is not None and not call["multimask"] for call in model.calls[1:])
             assert p.mask_logits is not None and not p.multimask
+            # the shown mask goes back as the session sends it (binary, +-8), not the raw logits
+            assert torch.equal(p.mask_logits, tr.mask_to_model_logits(shown))
     assert signs == ({True} if wrong == "miss" else {False})
 
 

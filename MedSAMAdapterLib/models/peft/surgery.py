@@ -8,6 +8,7 @@ their original attribute names and LoRA adopts the original ``weight`` / ``bias`
     image_encoder.layers.{s}.blocks.{i}.peft_{space,mlp,depth}.{down,up}.{weight,bias} TinyViT stages s >= 1
     image_encoder.....attn.qkv.peft_lora_{A,B}, ....mlp.{lin1,lin2,fc1,fc2}.peft_lora_{A,B}   LoRA
     mask_decoder.transformer.layers.{j}.peft_{hyp,mlp,keys}.*                          decoder adapters
+    mask_decoder.peft_text.embedding.weight                                            text prompts
 
 A base checkpoint therefore loads into an adapted model with ``load_state_dict(base, strict=False)`` (only
 ``peft_*`` keys missing), and an adapter file holds only ``peft_*`` keys plus the base tensors its recipe trains.
@@ -27,6 +28,7 @@ from .adapters import MEDSA_BLOCKS, MedSATinyViTBlock, MedSAVitBlock, is_peft_na
 from .hyper import HYP_NORMS, HYP_POOLS, AdaptedTwoWayBlock, PromptContext, two_way_block_class
 from .lora import LORA_TARGETS, apply_lora
 from .policy import check_recipe, trainable_names
+from .text import apply_text_prompts, normalise_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +47,12 @@ class PeftConfig:
     lora_rank: int = 4
     lora_alpha: float = 1.0
     lora_targets: tuple[str, ...] = ("qkv_q", "qkv_v", "mlp")
+    text_vocabulary: tuple[str, ...] = ()  # structure names the decoder understands as text prompts (``text``)
+    text_gain: float = 32.0
 
     def __post_init__(self) -> None:
         check_recipe(self.recipe)
+        object.__setattr__(self, "text_vocabulary", tuple(sorted({normalise_name(n) for n in self.text_vocabulary})))
         if self.recipe == "medsa-3d" and (self.depth_chunk is None or self.depth_chunk < 1):
             raise InputError("recipe 'medsa-3d' needs depth_chunk >= 1 (slices per SD-Trans chunk)")
         if self.hyp_norm not in HYP_NORMS or self.hyp_pool not in HYP_POOLS:
@@ -161,6 +166,8 @@ def apply_peft(model: nn.Module, config: PeftConfig) -> nn.Module:
         apply_decoder_adapters(model, c.decoder_blocks, c.adapter_ratio, c.mlp_scale, c.hyp_hidden,
                                c.hyp_layers, c.hyp_norm, c.hyp_pool)
     model.peft_config = config
+    if c.text_vocabulary:
+        apply_text_prompts(model, c.text_vocabulary, c.text_gain)
     model.peft_base_sha256 = base_sha
     model.weights_sha256 = None
     return model
