@@ -84,7 +84,8 @@ Builds on segment-anything (Meta AI, Apache-2.0) and LiteMedSAM (Bo Wang lab, Ap
 @parameterNodeWrapper
 class MedSAMAdapterParameterNode:
     """inputVolume / segmentation: the nodes segmented; model, adapterPath, intensity, device: the network;
-    overlap: what a result may do to other segments; recipe, epochs, runDirectory: fine-tuning."""
+    overlap: what a result may do to other segments; namesAsText: segment names go with the prompts as text when
+    the adapter knows them; recipe, epochs, runDirectory: fine-tuning."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
@@ -93,6 +94,7 @@ class MedSAMAdapterParameterNode:
     intensity: Annotated[str, Choice(INTENSITIES)] = "auto"
     device: Annotated[str, Choice(DEVICES)] = "auto"
     overlap: Annotated[str, Choice(OVERLAPS)] = "keep_others"
+    namesAsText: bool = True
     recipe: Annotated[str, Choice(RECIPES)] = "decoder"
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
     runDirectory: pathlib.Path
@@ -334,6 +336,7 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
         self.controller.configure(ModelSettings(name=parameterNode.model, adapter=self.adapterSetting(parameterNode),
                                                 device=parameterNode.device, intensity=parameterNode.intensity))
         self.controller.overlap = parameterNode.overlap
+        self.controller.names_as_text = parameterNode.namesAsText
         if parameterNode.segmentation is None:
             parameterNode.segmentation = (self.scene or slicer.mrmlScene).AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", "MedSAM segmentation")

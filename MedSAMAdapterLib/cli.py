@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="coordinates of --point/--box: voxel indices (default) or physical mm")
     segment.add_argument("--axis", default="axial", help="slice orientation: axial|coronal|sagittal or 0|1|2")
     segment.add_argument("--propagate", action="store_true", help="continue through neighbouring slices")
-    segment.add_argument("--name", default="segment", help="segment name written into .seg.nrrd")
+    segment.add_argument("--name", default="segment",
+                         help="segment name written into .seg.nrrd; also the text prompt when the adapter knows it "
+                              "(e.g. optic_cup, liver: `medsam-adapter info` lists the names)")
+    add_names_argument(segment)
     segment.add_argument("--overlay", type=Path, help="overlay PNG path (default: beside the output)")
     segment.set_defaults(handler=run_segment)
 
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--region", action="append", default=[], metavar="NAME=LABEL[,LABEL...]",
                           help="score a union of labels instead of the labels (repeatable; labels by value or "
                                "name), e.g. --region optic_disc=1,2 --region optic_cup=2")
+    add_names_argument(evaluate)
     from .training.cli_auto import add_auto_inference_arguments
 
     add_auto_inference_arguments(evaluate)
@@ -196,6 +200,12 @@ def to_ijk(points: np.ndarray, coords: str, volume) -> np.ndarray:
     return points
 
 
+def add_names_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-names", dest="names_as_text", action="store_false",
+                        help="do not use structure names as text prompts (by default a name the adapter was "
+                             "trained on goes with the clicks / box, e.g. to tell the optic cup from the disc)")
+
+
 def load_session(args, volume):
     from .engine.cache import EmbeddingCache
     from .engine.preprocessing import IntensityPolicy
@@ -204,7 +214,8 @@ def load_session(args, volume):
 
     model = open_model(args.model, weights=args.weights, adapter=args.adapter, device=pick_device(args.device))
     cache = None if args.no_cache else EmbeddingCache()
-    return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity))
+    return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity),
+                              names_as_text=getattr(args, "names_as_text", True))
 
 
 def progress_bar(description: str):
@@ -221,7 +232,7 @@ def run_info(args) -> int:
     from .engine.cache import default_cache_dir
     from .models.registry import describe_weights, list_models
 
-    rows = [describe_weights(name) for name in list_models()]
+    rows = [describe_weights(name) | default_adapter_summary(name) for name in list_models()]
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
     report = {"version": __version__, "torch": torch.__version__, "devices": devices,
               "cache_dir": str(default_cache_dir()), "models": rows}
@@ -233,7 +244,22 @@ def run_info(args) -> int:
     for row in rows:
         status = f"found  {row['path']}" if row["found"] else f"MISSING  ({row['hint']})"
         print(f"  {row['name']:<16} {row['architecture']:<10} {row['image_size']:>5}px  {status}")
+        if row.get("default_adapter"):
+            names = row["text_prompts"]
+            print(f"    default adapter {Path(row['default_adapter']).name}; text prompts: "
+                  + (", ".join(names) if names else "none"))
     return 0
+
+
+def default_adapter_summary(model_name: str) -> dict:
+    """The shipped adapter a model gets by default and the structure names it takes as text prompts."""
+    from .models.checkpoints import read_card
+    from .models.loading import resolve_adapter
+
+    path = resolve_adapter(model_name, None)
+    if path is None:
+        return {"default_adapter": None, "text_prompts": []}
+    return {"default_adapter": str(path), "text_prompts": list(read_card(path)["peft"].get("text_vocabulary", []))}
 
 
 def run_embed(args) -> int:
@@ -264,7 +290,10 @@ def run_segment(args) -> int:
     written = segment_with_prompts(session, segment_id, prompts, axis, args.propagate)
     mask = session.segment_mask(segment_id)
     write_outputs(session, args.output, args.overlay, axis)
-    print(f"segment '{args.name}': {int(mask.sum())} voxels on {len(written)} slice(s) -> {args.output}")
+    text = session.text_prompt(segment_id)
+    how = f"text prompt '{text}'" if text else "no text prompt (name not known to the adapter)" \
+        if args.names_as_text else "no text prompt (--no-names)"
+    print(f"segment '{args.name}': {int(mask.sum())} voxels on {len(written)} slice(s), {how} -> {args.output}")
     return 0
 
 
@@ -324,7 +353,7 @@ def run_evaluate(args) -> int:
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device), regions=regions,
         intensity=args.intensity, cache_on_disk=not args.no_cache, refine_boxes=args.refine_boxes,
-        turn_search=args.turn_search,
+        turn_search=args.turn_search, names_as_text=args.names_as_text,
     )
     print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")

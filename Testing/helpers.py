@@ -86,6 +86,21 @@ def oblique_flipped_ijk_to_ras(spacing=(0.8, 1.3, 2.5), origin=(40.0, -25.0, 12.
     return m
 
 
+class NamedRegionModel(BrightRegionModel):
+    """BrightRegionModel that knows one structure name and records the text each decode got."""
+
+    def __init__(self):
+        super().__init__()
+        self.texts = []
+
+    def understands(self, text):
+        return text is not None and text.lower() == "ball"
+
+    def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
+        self.texts.append(text)
+        return super().decode(embedding, points, labels, box, mask_logits, multimask)
+
+
 def ball_array(shape=(24, 40, 44), center=(12, 20, 22), radius_mm=11.0, spacing=(0.8, 1.3, 2.5)):
     """(image float32 (k, j, i), bool ball mask) with a ball of ``radius_mm`` in physical space."""
     k, j, i = np.ogrid[: shape[0], : shape[1], : shape[2]]

@@ -153,3 +153,5 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             result = action(segmenter, segmentId)
             if hasattr(self, "statusLabel") and hasattr(result, "slices"):
                 self.statusLabel.text = _("{count} slice(s) updated").format(count=len(result.slices))
+                if getattr(result, "text", None):
+                    self.statusLabel.text += _(", text prompt '{text}'").format(text=result.text)

@@ -74,6 +74,7 @@ def evaluate_dataset(
     cache_on_disk: bool = False,
     refine_boxes: str | None = None,
     turn_search: bool | None = None,
+    names_as_text: bool = True,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
@@ -84,7 +85,9 @@ def evaluate_dataset(
     module docstring; ``data.nnunet.parse_regions`` reads ``NAME=A,B`` text). ``refine_boxes`` (``auto`` only):
     redraw the automatic result from boxes with the base model and this adapter (``default``, ``none`` or a file;
     ``engine/refine.py``). ``turn_search`` (``auto`` only): try the quarter turns of each plane (None: as the model
-    card says; ``engine.auto.AutoSegmenter``). Returns the summary dict (NaN where JSON has null).
+    card says; ``engine.auto.AutoSegmenter``). ``names_as_text``: each target's name goes with its prompts when the
+    adapter knows it (``models/peft/text.py``; the summary lists them under ``text_prompts``). Returns the summary
+    dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
 
@@ -109,8 +112,11 @@ def evaluate_dataset(
     selected = _select_cases(dataset.cases, cases, max_cases)
     out = Path(out_dir) if out_dir is not None else \
         Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
-    factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk)
+    factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk,
+                                                         names_as_text)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
+    understands = getattr(factory, "understands", lambda name: False)
+    summary["text_prompts"] = [name for name in targets.values if understands(name)]
     if protocol == "auto":
         summary["box_refinement"] = refine_boxes
         summary["turn_search"] = "as the model card says" if turn_search is None else turn_search
@@ -134,7 +140,7 @@ def evaluate_dataset(
 
 def default_session_factory(
     model_name: str, adapter: Path | None = None, device: str = "cpu", intensity: Any = None,
-    cache_on_disk: bool = False,
+    cache_on_disk: bool = False, names_as_text: bool = True,
 ) -> SessionFactory:
     """Load the model once; each case gets a fresh session with an embedding cache of its own (memory only) or,
     with ``cache_on_disk``, one shared disk-backed cache.
@@ -153,8 +159,10 @@ def default_session_factory(
     shared = EmbeddingCache() if cache_on_disk else None
 
     def factory(volume: Any) -> Any:
-        return InteractiveSession(volume, model, cache=shared or EmbeddingCache(use_disk=False), intensity=policy)
+        return InteractiveSession(volume, model, cache=shared or EmbeddingCache(use_disk=False), intensity=policy,
+                                  names_as_text=names_as_text)
 
+    factory.understands = lambda name: names_as_text and model.understands(name)  # type: ignore[attr-defined]
     return factory
 
 

@@ -91,6 +91,7 @@ class EditResult:
     slices: tuple[int, ...]
     changed_segments: tuple[str, ...]
     iou: float | None = None
+    text: str | None = None  # the segment name the model took as a text prompt
 
 
 @dataclass
@@ -418,7 +419,7 @@ class SceneSegmenter:
         self.last_segment = segment_id
         key = (segment_id, axis, index)
         edit = self._commit(segment_id, axis, [index], overlap, label, key, before, after)
-        return replace(edit, iou=result.iou)
+        return replace(edit, iou=result.iou, text=result.text)
 
     def _engine_segment(self, segment_id: str) -> str:
         """The engine segment mirroring ``segment_id``, (re)loaded from the node when the node changed."""
@@ -428,11 +429,13 @@ class SceneSegmenter:
         stamp = self.grid.modified_time(segment_id)
         binding = self._bindings.get(segment_id)
         if binding is not None and binding.seen == stamp and binding.engine_id in self.session.segments:
+            self.session.segments[binding.engine_id].name = segment.GetName() or segment_id  # renamed: new text
             return binding.engine_id
         mask = self.grid.read(segment_id)
         if binding is not None and binding.engine_id in self.session.segments:
             if np.array_equal(self.session.segments[binding.engine_id].mask, mask):
                 binding.seen = stamp
+                self.session.segments[binding.engine_id].name = segment.GetName() or segment_id
                 return binding.engine_id
             self.session.remove_segment(binding.engine_id)
         name = segment.GetName() or segment_id

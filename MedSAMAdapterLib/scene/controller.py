@@ -62,6 +62,7 @@ class SceneController:
         self.cache = cache if cache is not None else EmbeddingCache()
         self.settings = ModelSettings()
         self.overlap: OverlapPolicy = "keep_others"
+        self.names_as_text = True  # segment names are text prompts when the adapter knows them
         self._model: Any = None
         self._segmenters: dict[tuple[str, str], tuple[int, SceneSegmenter]] = {}
 
@@ -90,11 +91,13 @@ class SceneController:
         found = self._segmenters.get(key)
         if found is not None and found[0] == stamp:
             found[1].overlap = self.overlap
+            found[1].session.names_as_text = self.names_as_text
             return found[1]
         if found is not None:
             found[1].close()
         segmenter = SceneSegmenter(self.scene, volume_node, segmentation_node, self.model, cache=self.cache,
                                    intensity=self.settings.intensity, overlap=self.overlap)
+        segmenter.session.names_as_text = self.names_as_text
         self._segmenters[key] = (stamp, segmenter)
         return segmenter
 

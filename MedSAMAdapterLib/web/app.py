@@ -171,7 +171,7 @@ class MedSamWebApp(TrameApp):
             "message": "", "error": "", "busy": False, "negative_mode": False, "volume_name": "", "last_view": "",
             "embedding": {"done": 0, "total": 0, "running": False, "error": ""},
             "auto_models": auto, "auto_model": auto[0] if auto else None, "auto_refine": False,
-            "auto_turns": False,
+            "auto_turns": False, "names_as_text": True,
             "auto_reason": self.session.auto_unavailable_reason(),
             "server_path": "", "server_files": self.data_roots.listing() if self.data_roots else [],
             "data_dirs": [str(r) for r in self.data_roots.roots], "save_name": "segmentation.seg.nrrd",
@@ -183,6 +183,10 @@ class MedSamWebApp(TrameApp):
         @state.change("negative_mode")
         def _negative(negative_mode: bool, **_: Any) -> None:
             self.effect.negative_mode = self.session.negative_mode = bool(negative_mode)
+
+        @state.change("names_as_text")
+        def _names_as_text(names_as_text: bool, **_: Any) -> None:
+            self.session.controller.names_as_text = bool(names_as_text)
 
         @state.change("show_3d")
         def _show_3d(show_3d: bool, **_: Any) -> None:

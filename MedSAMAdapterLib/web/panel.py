@@ -59,6 +59,10 @@ def _segment_tab(app: "MedSamWebApp") -> None:
                 id="medsam-redo", title="redo")
     v3.VSwitch(v_model=("show_3d",), label="Show segments in 3D", density="compact", hide_details=True)
     _segment_list(app)
+    v3.VSwitch(v_model=("names_as_text",), label="Segment names as text prompts", density="compact",
+               hide_details=True, id="medsam-names-as-text",
+               title="a name the adapter was trained on (optic cup, liver...) goes with your clicks and boxes, "
+                     "so one click says which structure you mean; other names change nothing")
     _auto_section(app)
 
 

@@ -225,6 +225,8 @@ class WebSession:
         elapsed = time.perf_counter() - start
         slices = getattr(result, "slices", None)
         detail = f"{len(slices)} slice(s)" if slices is not None else ("done" if result else "nothing to do")
+        text = getattr(result, "text", None)
+        detail += f", text prompt '{text}'" if text else ""
         self.log.ok(f"{label}: {detail} in {elapsed * 1000:.0f} ms", elapsed)
         return result
 

@@ -13,7 +13,8 @@ from MedSAMAdapterLib.data.nnunet import open_dataset, read_case  # noqa: E402
 from MedSAMAdapterLib.errors import InputError, WeightsError  # noqa: E402
 from MedSAMAdapterLib.scene import ModelSettings, SceneController, add_volume_node  # noqa: E402
 from Testing.conftest import requires_litemedsam  # noqa: E402
-from Testing.helpers import BrightRegionModel, ball_array, new_scene, oblique_flipped_ijk_to_ras  # noqa: E402
+from Testing.helpers import (BrightRegionModel, NamedRegionModel, ball_array, new_scene,  # noqa: E402
+                             oblique_flipped_ijk_to_ras)
 
 
 @pytest.fixture
@@ -258,3 +259,20 @@ def test_panel_trains_a_prompt_free_model_and_installs_it(setup, tmp_path, monke
     assert (tmp_path / "home" / "models" / "work_run.safetensors").is_file()
     with pytest.raises(WeightsError):
         controller.install_auto_model(tmp_path / "missing")
+
+
+def test_segment_names_reach_the_model_as_text_and_the_switch_turns_them_off(setup, tmp_path):
+    from MedSAMAdapterLib.engine.cache import EmbeddingCache
+
+    model = NamedRegionModel()
+    controller = SceneController(setup["scene"], loader=lambda settings: model, cache=EmbeddingCache(tmp_path / "c"))
+    segmenter = controller.segmenter(setup["volume"], setup["segmentation"])
+    ras = (setup["matrix"] @ np.array([22.0, 20.0, 12.0, 1.0]))[:3]  # the ball's centre, voxel (i, j, k)
+    sid = segmenter.add_segment("Ball")
+    assert segmenter.click_ras(sid, [ras], axis=0).text == "Ball" and model.texts[-1] == "Ball"
+    setup["segmentation"].GetSegmentation().GetSegment(sid).SetName("tumour")  # renamed in Slicer
+    assert segmenter.click_ras(sid, [ras], axis=0).text is None and model.texts[-1] is None
+    setup["segmentation"].GetSegmentation().GetSegment(sid).SetName("ball")
+    controller.names_as_text = False
+    segmenter = controller.segmenter(setup["volume"], setup["segmentation"])
+    assert segmenter.click_ras(sid, [ras], axis=0).text is None and model.texts[-1] is None

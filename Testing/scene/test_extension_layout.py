@@ -135,6 +135,8 @@ def test_ui_xml_binds_every_parameter_to_a_widget_that_can_show_it():
             assert widget in ("QSpinBox", "QSlider", "ctkSliderWidget"), name
         elif "pathlib.Path" in annotation:
             assert widget in ("ctkPathLineEdit", "ctkDirectoryButton"), name
+        elif annotation == "bool":
+            assert widget in ("QCheckBox", "ctkCheckBox", "QRadioButton"), name
         else:
             pytest.fail(f"no check for parameter {name}: {annotation}")
     node_combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}

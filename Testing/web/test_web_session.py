@@ -167,3 +167,21 @@ def test_colour_conversions():
     assert rgb_to_hex((1.0, 0.5, 0.0)) == "#ff8000"
     assert hex_to_rgb("#ff8000") == pytest.approx((1.0, 128 / 255, 0.0))
     assert hex_to_rgb("#ff8000ff") == pytest.approx((1.0, 128 / 255, 0.0))
+
+
+def test_a_known_segment_name_goes_with_the_click_and_the_status_says_so(tmp_path, ball_file):
+    from Testing.helpers import NamedRegionModel
+
+    model = NamedRegionModel()
+    scene = new_scene()
+    web = WebSession(scene, SceneController(scene, loader=lambda s: model, cache=EmbeddingCache(tmp_path / "cache")))
+    web.load_volume(ball_file[0])
+    matrix, xy = view_at(web, "Axial", (22, 20, 12))
+    web.gesture(matrix, Gesture("click", (xy,), 1))
+    assert model.texts[-1] is None and "text prompt" not in web.status()["last"]["message"]  # "Segment 1"
+    web.rename_segment(web.active_segment, "ball")
+    web.gesture(matrix, Gesture("click", (xy,), 1))
+    assert model.texts[-1] == "ball" and "text prompt 'ball'" in web.status()["last"]["message"]
+    web.controller.names_as_text = False  # the page's switch
+    web.gesture(matrix, Gesture("click", (xy,), 1))
+    assert model.texts[-1] is None
