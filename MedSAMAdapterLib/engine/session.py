@@ -220,9 +220,10 @@ class InteractiveSession:
 
     def text_prompt(self, segment_id: str) -> str | None:
         """The segment's name when it is used as a text prompt (``names_as_text`` and the model knows it)."""
+        from ..models.peft.text import understood
+
         name = self._segment(segment_id).name
-        understands = getattr(self.model, "understands", None)
-        return name if self.names_as_text and understands is not None and understands(name) else None
+        return name if self.names_as_text and understood(self.model, name) else None
 
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
                  text: str | None = None) -> SliceResult:

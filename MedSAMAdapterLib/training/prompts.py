@@ -9,9 +9,9 @@ Mixture (:class:`PromptPolicy`): with ``box_weight`` a box (tight with ``tight_b
 moved by up to ``box_jitter`` x the box size), otherwise 1..``max_clicks`` clicks. The first click is at the
 interior maximum of the distance transform (``center_click_fraction``) or at a random interior point. Further
 clicks are simulated SAM-style (:meth:`PromptSimulator.simulate`): predict without gradient, click the largest
-error region (positive in a miss, negative in a false detection), feed the previous mask back as the
-mask prompt (the binary mask, as ``InteractiveSession`` does), repeat; the caller then runs the final prediction with gradient. Multimask output is asked for
-exactly when the session asks for it (a single click, no box, no mask prompt), and the best-IoU mask is kept.
+error region (positive in a miss, negative in a false detection), feed the previous mask back as the mask prompt
+(the binary mask, as ``InteractiveSession`` does), repeat; the caller then runs the final prediction with
+gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask prompt), and the best-IoU mask is kept.
 
 ``edge`` samples (empty target, see ``training.datasets``) are prompted like propagation does: the box of the
 neighbouring plane's mask grown by max(2 px, 10 %).
@@ -30,6 +30,7 @@ from scipy import ndimage
 from ..engine.preprocessing import SliceTransform
 from ..errors import InputError
 from ..evaluation.clicks import first_click, jittered_box, next_click, tight_box
+from ..models.peft.text import understood
 
 PROMPT_KINDS = ("box", "jittered_box", "clicks", "edge_box")
 EDGE_MARGIN_PX = 2.0  # InteractiveSession's PropagationPolicy defaults
@@ -212,6 +213,6 @@ class PromptSimulator:
         """
         prompt = self.initial(target, transform, rng, prompt_mask)
         if self.policy.text_fraction > 0 and rng.random() < self.policy.text_fraction:
-            prompt.text = name if getattr(model, "understands", lambda _: False)(name) else None
+            prompt.text = name if understood(model, name) else None
         return self.refine(model, embedding, prompt, target, autocast) if prompt.target_clicks > 1 else prompt
 

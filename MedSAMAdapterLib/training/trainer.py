@@ -52,6 +52,7 @@ from ..engine.atomic import write_text_atomic
 from ..engine.preprocessing import SliceTransform, prepare_slice, resize_bilinear
 from ..errors import InputError
 from ..evaluation.clicks import first_click, next_click, tight_box
+from ..models.peft.text import understood
 from .common import (ProgressCallback, TrainEvent, dice_np, enable_gradient_checkpointing, finite_or_none, lr_lambda,
                      nanmean, param_groups, resolve_device, restore_rng, rng_state)
 from .common import load_state as _load_state
@@ -221,10 +222,10 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # adapter initialisation (e.g. LoRA A, HyP generator) is seeded
                 apply_peft(model, peft)
-        if cfg.prompt.text_fraction > 0 and getattr(model.mask_decoder, "peft_text", None) is None:
+        if cfg.prompt.text_fraction > 0:  # new names join the adapter's vocabulary, known ones keep their vectors
             from ..models.peft import apply_text_prompts
 
-            apply_text_prompts(model, self._target_names())
+            apply_text_prompts(model, self._target_names(), model.peft_config.text_gain)
         self.parameter_report = configure_trainable(model, cfg.recipe)
         model.to(self.device)
         from ..engine.embedder import encoder_is_frozen
@@ -442,7 +443,7 @@ class Trainer:
     def _validate_one(self, sample: SliceSample, emb: Tensor, tr: SliceTransform) -> dict[str, float]:
         target = sample.target
         # names go with the prompts as the session sends them: whenever the model knows them
-        text = sample.name if self.config.prompt.text_fraction > 0 and self.model.understands(sample.name) else None
+        text = sample.name if self.config.prompt.text_fraction > 0 and understood(self.model, sample.name) else None
         box = SimulatedPrompt("box", tr, box_rc=tuple(float(v) for v in tight_box(target)), text=text)
         logits, mask, _ = self._predict(emb, box)
         row = {"box": dice_np(mask, target),

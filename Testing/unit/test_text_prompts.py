@@ -42,8 +42,20 @@ def test_names_are_normalised_and_the_vocabulary_is_recorded():
     model = text_model(trained=False)
     assert model.peft_config.text_vocabulary == ("liver", "optic cup", "optic disc")
     assert model.understands("OPTIC CUP") and not model.understands("spleen") and not model.understands(None)
-    with pytest.raises(InputError, match="already has text prompts"):
-        apply_text_prompts(model, ["spleen"])
+    with pytest.raises(InputError, match="gain"):
+        apply_text_prompts(model, ["spleen"], gain=8.0)
+
+
+def test_new_names_extend_the_vocabulary_and_known_names_keep_their_vectors():
+    model = text_model()
+    before = {n: model.mask_decoder.peft_text.embedding.weight[i].clone()
+              for i, n in enumerate(model.peft_config.text_vocabulary)}
+    apply_text_prompts(model, ["Spleen", "liver"])
+    module = model.mask_decoder.peft_text
+    assert model.peft_config.text_vocabulary == module.vocabulary == ("liver", "optic cup", "optic disc", "spleen")
+    for name, vector in before.items():
+        assert torch.equal(module.embedding.weight[module.vocabulary.index(name)], vector)
+    assert not module.embedding.weight[module.vocabulary.index("spleen")].any()
 
 
 def test_untrained_text_prompts_change_nothing():

@@ -17,7 +17,7 @@ from .hyper import AdaptedTwoWayBlock, HyperPromptAdapter, PromptContext
 from .lora import LoRALinear, apply_lora
 from .policy import (RECIPES, ParameterReport, configure_trainable, parameter_report, set_peft_train_mode,
                      trainable_names)
-from .text import TextPrompts, apply_text_prompts, normalise_name
+from .text import TextPrompts, apply_text_prompts, normalise_name, understood
 from .surgery import (PeftConfig, adapter_state_dict, apply_decoder_adapters, apply_medsa, apply_peft,
                       load_adapter_state_dict, set_depth_chunk)
 
@@ -27,4 +27,5 @@ __all__ = [
     "configure_trainable", "parameter_report", "set_peft_train_mode", "trainable_names", "PeftConfig",
     "adapter_state_dict", "apply_decoder_adapters", "apply_medsa", "apply_peft", "load_adapter_state_dict",
     "set_depth_chunk", "TextPrompts", "apply_text_prompts", "normalise_name",
+    "understood",
 ]

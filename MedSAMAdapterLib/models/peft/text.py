@@ -60,19 +60,34 @@ class TextPrompts(nn.Module):
         return sparse + keep.unsqueeze(-1).to(sparse.dtype) * vector
 
 
+def understood(model: object, text: str | None) -> bool:
+    """Whether ``model`` takes ``text`` as a text prompt (False for models without text prompts, e.g. test doubles)."""
+    understands = getattr(model, "understands", None)
+    return bool(understands is not None and understands(text))
+
+
 def apply_text_prompts(model: nn.Module, vocabulary: Iterable[str], gain: float = 32.0) -> nn.Module:
     """Give ``model`` (a ``PromptableSam`` with PEFT surgery, or about to get it) text prompts for ``vocabulary``.
 
     Also works on a model that already carries a trained adapter (e.g. the shipped click adapter): its
-    ``peft_config`` then records the vocabulary, so the saved adapter rebuilds the same module on loading.
+    ``peft_config`` then records the vocabulary, so the saved adapter rebuilds the same module on loading. If the
+    model already has text prompts, new names are added (their vectors start at zero) and known ones keep theirs.
     """
     import dataclasses
 
     decoder = model.mask_decoder
-    if getattr(decoder, "peft_text", None) is not None:
-        raise InputError("the model already has text prompts; reload the base model to change the vocabulary")
+    old = getattr(decoder, "peft_text", None)
+    if old is not None:
+        if float(gain) != old.gain:
+            raise InputError(f"the model's text prompts use gain {old.gain}, not {gain}")
+        vocabulary = set(old.vocabulary) | {normalise_name(n) for n in vocabulary}
     ref = next(decoder.parameters())
-    decoder.peft_text = TextPrompts(vocabulary, decoder.transformer_dim, gain).to(ref.device, ref.dtype)
+    module = TextPrompts(vocabulary, decoder.transformer_dim, gain).to(ref.device, ref.dtype)
+    if old is not None:
+        with torch.no_grad():
+            for name, row in old._index.items():
+                module.embedding.weight[module._index[name]] = old.embedding.weight[row]
+    decoder.peft_text = module
     config = getattr(model, "peft_config", None)
     if config is not None:
         model.peft_config = dataclasses.replace(config, text_vocabulary=decoder.peft_text.vocabulary, text_gain=gain)
