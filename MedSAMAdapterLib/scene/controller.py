@@ -25,6 +25,8 @@ from .labelmaps import VoxelGrid, import_label_map, segment_ids_of
 from .volumes import ijk_to_world_matrix, volume_from_node
 
 PANEL_AUGMENT = 4  # augmented copies per case when a panel trains a prompt-free model (autosam-* recipes)
+# The click adapter's own mixture, plus the segments' names learnt as text prompts (they are the dataset's labels)
+PANEL_PROMPTS = "box=0.3,clicks=5,center=0.7,text=0.5"
 
 ModelLoader = Callable[["ModelSettings"], Any]
 
@@ -287,6 +289,7 @@ class SceneController:
         return [python or sys.executable, "-m", "MedSAMAdapterLib.cli", "finetune",
                 *[str(d) for d in dataset_dirs], "--out", str(run_dir), "--recipe", recipe,
                 "--epochs", str(int(epochs)), "--model", model, "--device", device,
+                *(["--prompts", PANEL_PROMPTS] if not auto else []),
                 *(["--init-adapter", str(init_adapter)] if init_adapter and not auto else []),
                 *(["--augment", str(PANEL_AUGMENT)] if auto else [])]
 

@@ -96,6 +96,7 @@ def test_finetune_command_and_progress_file(setup, tmp_path):
     assert start("decoder", "none") is None and start("medsa", None) is None
     command = SceneController.finetune_command([tmp_path / "d"], tmp_path / "run", "decoder", 3, init_adapter="default")
     assert command[-2:] == ["--init-adapter", "default"]
+    assert "text=0.5" in command[command.index("--prompts") + 1]  # segment names become text prompts
     run = tmp_path / "run"
     assert SceneController.training_progress(run)["epoch"] == 0
     run.mkdir()
