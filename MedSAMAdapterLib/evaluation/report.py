@@ -100,6 +100,9 @@ def _run_table(summary: Mapping[str, Any]) -> list[str]:
     ]
     if summary.get("protocol") == "auto":
         rows += _auto_rows(summary)
+    elif "text_prompts" in summary:
+        rows.append(("text prompts", ", ".join(summary["text_prompts"]) or "none (names unknown to the adapter, "
+                                                                           "or --no-names)"))
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 

@@ -73,6 +73,8 @@ def test_report_and_plots_written(tmp_path):
                      "disk full", "macro average"):
         assert expected in text, expected
     assert not list(tmp_path.glob(".*partial*"))  # atomic writes leave no temporaries
+    named = write_report({**clicks_summary(), "text_prompts": ["liver"]}, tmp_path / "named").read_text()
+    assert "| text prompts | liver |" in named
 
 
 def test_box_summary_has_no_click_plot_and_flags_incomplete_runs(tmp_path):
