@@ -74,3 +74,28 @@ def test_box_quality_is_kept_on_held_out_cases(models):
     scores = held_out_busi_dice(models, lambda truth: SlicePrompts(box_rc=tight_box(truth)))
     assert np.mean(scores["adapted"]) >= np.mean(scores["base"]) - 0.01, scores
     assert np.mean(scores["adapted"]) > 0.8, scores
+
+
+@requires_shared_data
+def test_structure_names_tell_one_click_on_the_disc_centre_which_structure_is_meant(models):
+    """Held-out fundus images: one click at the centre of the optic disc lands on the cup. With the names as text
+    prompts the mean Dice of disc and cup after that click is higher than without (README: 0.696 vs 0.644)."""
+    from MedSAMAdapterLib.data.nnunet import open_dataset, read_case
+    from MedSAMAdapterLib.evaluation.clicks import first_click
+
+    adapted = models[0]
+    assert adapted.understands("optic_disc") and adapted.understands("Optic Cup") and not adapted.understands("RV")
+    card = read_card(get_spec("litemedsam").default_adapter_path)
+    held_out = next(d for d in card["data"]["datasets"] if d["name"] == "Dataset104_FundusODOC")["val_cases"]
+    dataset = open_dataset(SHARED_DATA / "Dataset104_FundusODOC")
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for case in held_out:
+        volume, labels = read_case(dataset, case)
+        for name, truth in (("optic_disc", labels[0] > 0), ("optic_cup", labels[0] == 2)):
+            click = SlicePrompts([first_click(truth)], [1])
+            for names_as_text in (True, False):
+                session = InteractiveSession(volume, adapted, names_as_text=names_as_text)
+                result = session.segment_slice(session.add_segment(name), 0, 0, click)
+                assert (result.text == name) is names_as_text
+                scores[names_as_text].append(dice_score(result.mask, truth))
+    assert np.mean(scores[True]) > np.mean(scores[False]) + 0.02, scores
