@@ -1,5 +1,7 @@
 """CLI contract: usage errors exit 2 with one readable line, and no partial output files are left behind."""
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -90,6 +92,11 @@ def test_argparse_usage_error_exits_2(capsys):
 def test_info_lists_models(capsys):
     code, out, _ = run(["info"], capsys)
     assert code == 0 and "litemedsam" in out
+    code, out, _ = run(["info", "--json"], capsys)
+    rows = {row["name"]: row for row in json.loads(out)["models"]}
+    assert code == 0 and rows["sam_vit_b"]["default_adapter"] is None and rows["sam_vit_b"]["text_prompts"] == []
+    if rows["litemedsam"]["default_adapter"]:  # the shipped click adapter names what it takes as text prompts
+        assert "optic cup" in rows["litemedsam"]["text_prompts"] and "text prompts: " in run(["info"], capsys)[1]
 
 
 @pytest.mark.parametrize("flags,on_disk,intensity", [([], True, "auto"), (["--no-cache", "--intensity", "minmax"],
@@ -101,3 +108,6 @@ def test_evaluate_passes_cache_and_intensity_flags(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(protocols, "evaluate_dataset", lambda *a, **kw: seen.update(kw) or {"overall": {}})
     code, _, _ = run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), *flags], capsys)
     assert code == 0 and seen["cache_on_disk"] is on_disk and seen["intensity"] == intensity
+    assert seen["names_as_text"] is True
+    run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), "--no-names"], capsys)
+    assert seen["names_as_text"] is False
