@@ -26,6 +26,14 @@ HYP_NORMS = ("layernorm", "none")
 HYP_POOLS = ("mean", "max")
 
 
+def prompt_token_mask(sparse: Tensor, pad: Tensor | None) -> Tensor:
+    """(B, N) True for real prompt tokens of ``sparse`` (B, N, C), False for rows equal to ``pad`` (the prompt
+    encoder's not-a-point embedding, appended to point-only prompts)."""
+    if pad is None or sparse.shape[1] == 0:
+        return torch.ones(sparse.shape[:2], dtype=torch.bool, device=sparse.device)
+    return ~(sparse == pad.to(sparse.dtype)).all(-1)
+
+
 class PromptContext:
     """Per-thread holder of the sparse prompt embeddings of the decoder call in progress."""
 
@@ -41,10 +49,8 @@ class PromptContext:
 
     def set(self, sparse: Tensor) -> None:
         """Make ``sparse`` (B, N, C) the current thread's prompt; rows equal to the pad embedding are masked."""
-        keep = torch.ones(sparse.shape[:2], dtype=torch.bool, device=sparse.device)
-        if self.pad_embedding is not None and sparse.shape[1]:
-            keep = ~(sparse == self.pad_embedding.weight.to(sparse.dtype)).all(-1)
-        self._active[threading.get_ident()] = (sparse, keep)
+        pad = None if self.pad_embedding is None else self.pad_embedding.weight
+        self._active[threading.get_ident()] = (sparse, prompt_token_mask(sparse, pad))
 
     def clear(self) -> None:
         self._active.pop(threading.get_ident(), None)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import InputError
+from .hyper import prompt_token_mask
 
 
 def normalise_name(text: str) -> str:
@@ -54,10 +55,7 @@ class TextPrompts(nn.Module):
             return sparse
         index = torch.tensor(self._index[normalise_name(text)], device=sparse.device)  # type: ignore[arg-type]
         vector = (self.gain * self.embedding(index)).to(sparse.dtype)
-        keep = torch.ones(sparse.shape[:2], dtype=torch.bool, device=sparse.device)
-        if pad is not None:
-            keep = ~(sparse == pad.to(sparse.dtype)).all(-1)
-        return sparse + keep.unsqueeze(-1).to(sparse.dtype) * vector
+        return sparse + prompt_token_mask(sparse, pad).unsqueeze(-1).to(sparse.dtype) * vector
 
 
 def understood(model: object, text: str | None) -> bool:
