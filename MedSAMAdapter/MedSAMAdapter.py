@@ -528,7 +528,7 @@ def _boxThresholdModel():
         def encode(self, images):
             return (images[:, :1] * 58.395 + 123.675) / 255.0  # undo the SAM normalisation: brightness 0..1
 
-        def decode(self, embedding, points, labels, box, mask_logits, multimask):
+        def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
             size = embedding.shape[-1]
             logits = torch.full((size, size), -10.0)
             if box is not None:

@@ -47,7 +47,7 @@ class BrightRegionModel(torch.nn.Module):
         brightness = images[:, :1] * SAM_STD + SAM_MEAN  # channel 0 back on the 0..255 display scale
         return brightness / 255.0
 
-    def decode(self, embedding, points, labels, box, mask_logits, multimask):
+    def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
         self.decode_calls += 1
         image = embedding[0, 0].float().cpu().numpy()
         bright = image > self.threshold

@@ -247,8 +247,7 @@ class InteractiveSession:
         # One click is ambiguous (part or whole?): ask for three masks and keep the best-scored one.
         multimask = prompts.box_rc is None and len(prompts.points_rc) == 1 and mask_logits is None
         with torch.inference_mode():
-            extra = {"text": text} if text is not None else {}
-            low_res, iou = self.model.decode(embedding, points, labels, box, mask_logits, multimask, **extra)
+            low_res, iou = self.model.decode(embedding, points, labels, box, mask_logits, multimask, text)
         best = int(torch.argmax(iou[0])) if multimask else 0
         best_logits = low_res[:, best : best + 1]
         mask = transform.logits_to_slice(best_logits)[0, 0].cpu().numpy() > 0

@@ -11,7 +11,8 @@ interior maximum of the distance transform (``center_click_fraction``) or at a r
 clicks are simulated SAM-style (:meth:`PromptSimulator.simulate`): predict without gradient, click the largest
 error region (positive in a miss, negative in a false detection), feed the previous mask back as the mask prompt
 (the binary mask, as ``InteractiveSession`` does), repeat; the caller then runs the final prediction with
-gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask prompt), and the best-IoU mask is kept.
+gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask
+prompt), and the best-IoU mask is kept.
 
 ``edge`` samples (empty target, see ``training.datasets``) are prompted like propagation does: the box of the
 neighbouring plane's mask grown by max(2 px, 10 %).
@@ -115,8 +116,8 @@ class SimulatedPrompt:
         if self.box_rc is not None:
             box = torch.tensor([self.transform.box_rc_to_model(*self.box_rc)], dtype=torch.float32, device=device)
         mask = None if self.mask_logits is None else self.mask_logits.to(device)
-        inputs = {"points": points, "labels": labels, "box": box, "mask_logits": mask, "multimask": self.multimask}
-        return inputs | ({"text": self.text} if self.text is not None else {})
+        return {"points": points, "labels": labels, "box": box, "mask_logits": mask, "multimask": self.multimask,
+                "text": self.text}
 
     def feed_back(self, mask: np.ndarray) -> None:
         """Make the previous prediction's binary mask the next mask prompt, exactly as the session does."""

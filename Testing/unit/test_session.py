@@ -34,7 +34,7 @@ class EchoModel(torch.nn.Module):
         self.encode_calls += len(images)
         return self.image_encoder(images)
 
-    def decode(self, embedding, points, labels, box, mask_logits, multimask):
+    def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
         low = self.spec.image_size // 4  # SAM's low-res logits: a quarter of the model input size
         scale = low / self.spec.image_size
         yy, xx = torch.meshgrid(torch.arange(low) + 0.5, torch.arange(low) + 0.5, indexing="ij")
@@ -108,7 +108,7 @@ class MaskPromptRecorder(EchoModel):
         super().__init__()
         self.mask_prompts = []
 
-    def decode(self, embedding, points, labels, box, mask_logits, multimask):
+    def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
         self.mask_prompts.append(mask_logits)
         return super().decode(embedding, points, labels, box, mask_logits, multimask)
 

@@ -243,7 +243,8 @@ class ScriptedModel:
         self.calls = []
         self.logits = (tr.mask_to_model_logits(pred)).float()
 
-    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=False):
+    def decode(self, embedding, points=None, labels=None, box=None, mask_logits=None, multimask=False,
+               text=None):
         self.calls.append({"points": points, "labels": labels, "mask": mask_logits, "multimask": multimask})
         k = 3 if multimask else 1
         return self.logits.repeat(1, k, 1, 1), torch.linspace(0.2, 0.9, k)[None]
