@@ -86,7 +86,8 @@ def evaluate_dataset(
     redraw the automatic result from boxes with the base model and this adapter (``default``, ``none`` or a file;
     ``engine/refine.py``). ``turn_search`` (``auto`` only): try the quarter turns of each plane (None: as the model
     card says; ``engine.auto.AutoSegmenter``). ``names_as_text``: each target's name goes with its prompts when the
-    adapter knows it (``models/peft/text.py``; the summary lists them under ``text_prompts``). Returns the summary
+    adapter knows it (``models/peft/text.py``; each case and the summary list the names used under
+    ``text_prompts``). Returns the summary
     dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
@@ -115,8 +116,6 @@ def evaluate_dataset(
     factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk,
                                                          names_as_text)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
-    understands = getattr(factory, "understands", lambda name: False)
-    summary["text_prompts"] = [name for name in targets.values if understands(name)]
     if protocol == "auto":
         summary["box_refinement"] = refine_boxes
         summary["turn_search"] = "as the model card says" if turn_search is None else turn_search
@@ -162,7 +161,6 @@ def default_session_factory(
         return InteractiveSession(volume, model, cache=shared or EmbeddingCache(use_disk=False), intensity=policy,
                                   names_as_text=names_as_text)
 
-    factory.understands = lambda name: names_as_text and model.understands(name)  # type: ignore[attr-defined]
     return factory
 
 
@@ -189,11 +187,13 @@ def evaluate_case(
             outcome = _run_box(session, gt, present, spacing, nsd_tolerance_mm)
         else:
             outcome = _run_clicks(session, gt, present, spacing, nsd_tolerance_mm)
+        text_prompts = _text_prompts(session)
     finally:
         _close(session)
     t2 = time.perf_counter()
     record = {
         "case": case,
+        "text_prompts": text_prompts,
         "shape": list(gt.shape),
         "spacing": [float(s) for s in spacing],
         "absent_labels": [name for name in targets.values if name not in present.values],
@@ -352,6 +352,8 @@ def _finish_summary(summary: dict[str, Any], seconds: float, complete: bool) -> 
     records = summary["cases"]
     summary["complete"] = complete
     summary["n_cases"] = len(records)
+    if summary["protocol"] != "auto":
+        summary["text_prompts"] = list(dict.fromkeys(n for r in records for n in r.get("text_prompts", [])))
     summary["per_label"], summary["overall"] = {}, {}
     summary["composed_per_label"], summary["composed_overall"] = {}, {}
     for level in summary["levels"]:
@@ -521,6 +523,14 @@ def _progress(items: list[str], enabled: bool, description: str) -> Iterable[str
     except ImportError:
         return items
     return tqdm(items, desc=description, unit="case")
+
+
+def _text_prompts(session: Any) -> list[str]:
+    """The segment names the session sent with the prompts as text (``InteractiveSession.text_prompt``)."""
+    text_prompt = getattr(session, "text_prompt", None)
+    if text_prompt is None:  # automatic sessions and stand-ins
+        return []
+    return [segment.name for segment_id, segment in session.segments.items() if text_prompt(segment_id)]
 
 
 def _close(session: Any) -> None:

@@ -299,3 +299,21 @@ def test_regions_are_prompted_and_scored_as_unions_of_labels(tmp_path):
 def test_bad_regions_are_refused(item, message):
     with pytest.raises(InputError, match=message):
         parse_regions([item], {"liver": 1, "spleen": 2})
+
+
+def test_names_the_sessions_sent_as_text_are_listed_per_case_and_in_the_summary(tmp_path):
+    from MedSAMAdapterLib.engine.session import InteractiveSession
+    from Testing.helpers import BrightRegionModel
+
+    class KnowsLiver(BrightRegionModel):
+        def understands(self, text):
+            return text == "liver"
+
+    root = make_2d_dataset(tmp_path / "Dataset902_Toy")
+    for names_as_text, expected in ((True, ["liver"]), (False, [])):
+        summary = evaluate_dataset(
+            root, "clicks", "stand-in", out_dir=tmp_path / f"ev{names_as_text}", progress=False,
+            session_factory=lambda volume: InteractiveSession(volume, KnowsLiver(), names_as_text=names_as_text),
+            save_predictions=False)
+        assert summary["text_prompts"] == expected
+        assert all(case["text_prompts"] == expected for case in summary["cases"])
