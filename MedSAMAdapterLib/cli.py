@@ -291,8 +291,10 @@ def run_segment(args) -> int:
     mask = session.segment_mask(segment_id)
     write_outputs(session, args.output, args.overlay, axis)
     text = session.text_prompt(segment_id)
-    how = f"text prompt '{text}'" if text else "no text prompt (name not known to the adapter)" \
-        if args.names_as_text else "no text prompt (--no-names)"
+    if text:
+        how = f"text prompt '{text}'"
+    else:
+        how = "no text prompt (" + ("name not known to the adapter" if args.names_as_text else "--no-names") + ")"
     print(f"segment '{args.name}': {int(mask.sum())} voxels on {len(written)} slice(s), {how} -> {args.output}")
     return 0
 

@@ -426,19 +426,19 @@ class SceneSegmenter:
         segment = self.segmentation_node.GetSegmentation().GetSegment(segment_id)
         if segment is None:
             raise InputError(f"segment {segment_id!r} is not in segmentation '{self.segmentation_node.GetName()}'")
+        name = segment.GetName() or segment_id  # renamed in Slicer: the engine segment (its text prompt) follows
         stamp = self.grid.modified_time(segment_id)
         binding = self._bindings.get(segment_id)
         if binding is not None and binding.seen == stamp and binding.engine_id in self.session.segments:
-            self.session.segments[binding.engine_id].name = segment.GetName() or segment_id  # renamed: new text
+            self.session.segments[binding.engine_id].name = name
             return binding.engine_id
         mask = self.grid.read(segment_id)
         if binding is not None and binding.engine_id in self.session.segments:
             if np.array_equal(self.session.segments[binding.engine_id].mask, mask):
                 binding.seen = stamp
-                self.session.segments[binding.engine_id].name = segment.GetName() or segment_id
+                self.session.segments[binding.engine_id].name = name
                 return binding.engine_id
             self.session.remove_segment(binding.engine_id)
-        name = segment.GetName() or segment_id
         engine_id = self.session.add_segment_from_mask(name, mask) if mask.any() else self.session.add_segment(name)
         self._bindings[segment_id] = _Binding(engine_id, stamp)
         return engine_id

@@ -91,16 +91,15 @@ class SceneController:
         image = volume_node.GetImageData()
         stamp = image.GetMTime() if image is not None else -1
         found = self._segmenters.get(key)
-        if found is not None and found[0] == stamp:
-            found[1].overlap = self.overlap
-            found[1].session.names_as_text = self.names_as_text
-            return found[1]
-        if found is not None:
-            found[1].close()
-        segmenter = SceneSegmenter(self.scene, volume_node, segmentation_node, self.model, cache=self.cache,
-                                   intensity=self.settings.intensity, overlap=self.overlap)
+        if found is None or found[0] != stamp:
+            if found is not None:
+                found[1].close()
+            found = (stamp, SceneSegmenter(self.scene, volume_node, segmentation_node, self.model, cache=self.cache,
+                                           intensity=self.settings.intensity, overlap=self.overlap))
+            self._segmenters[key] = found
+        segmenter = found[1]
+        segmenter.overlap = self.overlap  # settings a bridge follows without being rebuilt
         segmenter.session.names_as_text = self.names_as_text
-        self._segmenters[key] = (stamp, segmenter)
         return segmenter
 
     def forget(self, node_id: str | None = None) -> None:
