@@ -16,6 +16,7 @@ import torch
 
 from . import geometry
 from .cache import EmbeddingCache, EmbeddingKey, array_fingerprint
+from .focus import Window
 from .preprocessing import IntensityPolicy, SliceTransform, prepare_slice, volume_to_display_range
 from .volume import Volume
 
@@ -78,20 +79,29 @@ class VolumeEmbedder:
             raise PromptError(f"slice {index} is outside 0..{self.slice_count(axis) - 1} along axis {axis}")
         return geometry.slice_plane(self.display, axis, index)
 
-    def transform(self, axis: int, index: int) -> SliceTransform:
-        """Slice <-> model-space mapping; every slice along one axis has the same shape."""
-        shape = tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
+    def transform(self, axis: int, index: int, window: Window | None = None) -> SliceTransform:
+        """Slice (or focus window) <-> model-space mapping; every slice along one axis has the same shape."""
+        shape = window.shape if window is not None else tuple(n for a, n in enumerate(self.volume.shape) if a != axis)
         return SliceTransform.for_shape(shape, self.model.spec.image_size, self.low_res_size)
 
-    def key(self, axis: int, index: int) -> EmbeddingKey:
-        return EmbeddingKey(self.volume_hash, self.model_fingerprint, self.preprocessing_id, axis, index)
+    def key(self, axis: int, index: int, window: Window | None = None) -> EmbeddingKey:
+        preprocessing = self.preprocessing_id if window is None else f"{self.preprocessing_id}|window={window.id}"
+        return EmbeddingKey(self.volume_hash, self.model_fingerprint, preprocessing, axis, index)
 
     def embedding(self, axis: int, index: int) -> torch.Tensor:
         """(1, C, h, w) float32 embedding on the model's device; computed now if not cached."""
-        cached = self._cached(axis, index)
+        cached = self._cached(self.key(axis, index))
         if cached is not None:
             return cached.to(self.device)
         return self._encode(axis, [index])[0:1]
+
+    def window_embedding(self, axis: int, index: int, window: Window) -> torch.Tensor:
+        """(1, C, h, w) embedding of a focus window of one slice, resized to the model input; cached like a slice."""
+        key = self.key(axis, index, window)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached.to(self.device)
+        return self._encode_planes([self.plane(axis, index)[window.slices]], [key])
 
     def is_ready(self, axis: int, index: int) -> bool:
         return self._use_cache and self.cache is not None and self.cache.contains(self.key(axis, index))
@@ -128,14 +138,17 @@ class VolumeEmbedder:
     def _use_cache(self) -> bool:
         return self.cache is not None and encoder_is_frozen(self.model)
 
-    def _cached(self, axis: int, index: int) -> torch.Tensor | None:
+    def _cached(self, key: EmbeddingKey) -> torch.Tensor | None:
         if not self._use_cache:
             return None
-        return self.cache.get(self.key(axis, index))  # type: ignore[union-attr]
+        return self.cache.get(key)  # type: ignore[union-attr]
 
     def _encode(self, axis: int, indices: Sequence[int]) -> torch.Tensor:
+        return self._encode_planes([self.plane(axis, i) for i in indices], [self.key(axis, i) for i in indices])
+
+    def _encode_planes(self, planes: Sequence[np.ndarray], keys: Sequence[EmbeddingKey]) -> torch.Tensor:
         spec = self.model.spec
-        inputs = [prepare_slice(self.plane(axis, i), spec.image_size, spec.normalization)[0] for i in indices]
+        inputs = [prepare_slice(plane, spec.image_size, spec.normalization)[0] for plane in planes]
         batch = torch.stack(inputs).to(self.device)
         with self._encoder_lock, torch.inference_mode():
             embeddings = self.model.encode(batch)
@@ -143,8 +156,8 @@ class VolumeEmbedder:
             # The cache stores fp16: hand out the same rounded values now, so a result never depends on
             # whether its embedding was just computed or read back from the cache.
             embeddings = embeddings.half()
-            for index, embedding in zip(indices, embeddings):
-                self.cache.put(self.key(axis, index), embedding.unsqueeze(0))  # type: ignore[union-attr]
+            for key, embedding in zip(keys, embeddings):
+                self.cache.put(key, embedding.unsqueeze(0))  # type: ignore[union-attr]
         return embeddings.float()
 
 

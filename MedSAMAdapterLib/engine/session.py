@@ -19,6 +19,7 @@ from ..errors import InputError, PromptError
 from . import geometry
 from .cache import EmbeddingCache
 from .embedder import BackgroundEmbedding, ProgressCallback, VolumeEmbedder
+from .focus import FocusPolicy, Window
 from .preprocessing import IntensityPolicy
 from .prompts import SlicePrompts, VolumePrompts, box_from_mask
 from .volume import Volume
@@ -88,11 +89,15 @@ class InteractiveSession:
         cache: EmbeddingCache | None = None,
         intensity: IntensityPolicy | None = None,
         names_as_text: bool = True,
+        focus: FocusPolicy | None = None,
     ) -> None:
         self.volume = volume
         self.model = model
         # A segment's name is its text prompt when the adapter knows it ("optic cup" vs "optic disc" for one click)
         self.names_as_text = names_as_text
+        # Corrective clicks on a small object are answered on a window around it (engine/focus.py); None: never
+        self.focus = focus
+        self._focus_windows: dict[tuple[str, int, int], Window] = {}
         self.embedder = VolumeEmbedder(volume, model, cache, intensity)
         self.segments: dict[str, Segment] = {}
         self._ids = itertools.count(1)
@@ -142,7 +147,8 @@ class InteractiveSession:
         with self._lock:
             segment = self._segment(segment_id)
             previous = geometry.slice_plane(segment.mask, axis, index)
-            result = self._predict(axis, index, prompts, previous, self.text_prompt(segment_id))
+            window = self._focus_window(segment_id, axis, index, prompts, previous)
+            result = self._predict(axis, index, prompts, previous, self.text_prompt(segment_id), window)
             self._write_plane(segment_id, axis, index, result.mask)
             return result
 
@@ -225,14 +231,39 @@ class InteractiveSession:
         name = self._segment(segment_id).name
         return name if self.names_as_text and understood(self.model, name) else None
 
+    def _focus_window(self, segment_id: str, axis: int, index: int, prompts: SlicePrompts,
+                      previous: np.ndarray) -> Window | None:
+        """The window for corrective clicks on this segment's slice (None: the whole plane).
+
+        Only clicks that refine an existing mask zoom: the first click has no extent yet, and a box is its own.
+        """
+        key = (segment_id, axis, index)
+        corrective = prompts.has_points and prompts.box_rc is None and prompts.use_previous_mask
+        if self.focus is None or not corrective or not previous.any():
+            self._focus_windows.pop(key, None)
+            return None
+        window = self.focus.window(previous, prompts.points_rc, self._focus_windows.get(key))
+        if window is None:
+            self._focus_windows.pop(key, None)
+        else:
+            self._focus_windows[key] = window
+        return window
+
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
-                 text: str | None = None) -> SliceResult:
-        embedding = self.embedder.embedding(axis, index)
-        transform = self.embedder.transform(axis, index)
-        plane_shape = transform.original_hw
+                 text: str | None = None, window: Window | None = None) -> SliceResult:
+        plane_shape = self.embedder.transform(axis, index).original_hw
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
+        if window is not None:
+            full_previous = previous
+            prompts = SlicePrompts(window.to_window_rc(prompts.points_rc), prompts.point_labels, None,
+                                   prompts.use_previous_mask)
+            previous = previous[window.slices]  # type: ignore[index]
+            embedding = self.embedder.window_embedding(axis, index, window)
+        else:
+            embedding = self.embedder.embedding(axis, index)
+        transform = self.embedder.transform(axis, index, window)
         device = embedding.device
         points = labels = box = mask_logits = None
         if prompts.has_points:
@@ -251,6 +282,8 @@ class InteractiveSession:
         best = int(torch.argmax(iou[0])) if multimask else 0
         best_logits = low_res[:, best : best + 1]
         mask = transform.logits_to_slice(best_logits)[0, 0].cpu().numpy() > 0
+        if window is not None:
+            mask = window.paste(full_previous, mask)
         return SliceResult(mask, float(iou[0, best]), axis, index, text)
 
     # --- undo / redo ---------------------------------------------------------------------------------

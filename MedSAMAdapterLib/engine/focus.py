@@ -1,0 +1,152 @@
+"""Focus (zoom-in) for corrective clicks on small objects.
+
+A model answers on a fixed grid: LiteMedSAM sees a plane at 256 px and returns 64 x 64 logits, so a 36-px
+prostate on a 384-px MR slice is about 6 x 6 answer cells, and a rib on a 512-px CT slice is one or two. Once
+the first click has produced a mask, the object's extent is known; the next clicks are then answered on a square
+window around the mask and the clicks, resized to the model input (the zoom-in of RITM and FocalClick). The
+window costs one encoder pass; it is kept while the object stays well inside it, so a run of clicks on one
+object reuses one embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError
+
+
+TRAINING_MARGINS = (0.25, 0.4, 0.7)  # around the session's default margin: inference windows vary with the mask
+
+
+@dataclass(frozen=True)
+class Window:
+    """Rows ``r0:r1`` and columns ``c0:c1`` (end exclusive) of a plane."""
+
+    r0: int
+    c0: int
+    r1: int
+    c1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.r0, self.r1), slice(self.c0, self.c1)
+
+    @property
+    def id(self) -> str:
+        return f"{self.r0},{self.c0},{self.r1},{self.c1}"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.r1 - self.r0, self.c1 - self.c0
+
+    def contains(self, r0: float, c0: float, r1: float, c1: float) -> bool:
+        return self.r0 <= r0 and self.c0 <= c0 and r1 < self.r1 and c1 < self.c1
+
+    def to_window_rc(self, points_rc: np.ndarray) -> np.ndarray:
+        return np.asarray(points_rc, np.float32) - np.array([self.r0, self.c0], np.float32)
+
+    def paste(self, plane: np.ndarray, window_mask: np.ndarray) -> np.ndarray:
+        """``plane`` with the window's pixels replaced by ``window_mask`` (a copy)."""
+        out = np.array(plane, copy=True)
+        out[self.slices] = window_mask
+        return out
+
+
+@dataclass(frozen=True)
+class FocusPolicy:
+    """When and how far to zoom.
+
+    ``margin``: context on each side of the object, as a fraction of its larger side (the model needs to see
+    what surrounds an object to find its border). ``min_zoom``: zoom only when the window magnifies at least
+    this much over the whole plane (below it the extra encoder pass buys little). ``max_zoom``: never magnify more
+    (a handful of pixels blown up to 256 shows the model texture it was never trained on).
+    """
+
+    margin: float = 0.4
+    min_zoom: float = 1.5
+    max_zoom: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.margin < 0:
+            raise InputError(f"focus margin must be >= 0, got {self.margin}")
+        if not 1.0 <= self.min_zoom <= self.max_zoom:
+            raise InputError(f"focus zoom limits need 1 <= min_zoom <= max_zoom, got {self.min_zoom}, {self.max_zoom}")
+
+    @classmethod
+    def parse(cls, text: str | None) -> "FocusPolicy | None":
+        """``on`` (the defaults), ``off`` (None) or ``margin=0.4,min_zoom=1.5,max_zoom=4`` (any subset); None gives
+        ``DEFAULT_FOCUS``, what every shell uses unless told otherwise."""
+        if text is None:
+            return DEFAULT_FOCUS
+        text = text.strip().lower()
+        if text in ("off", "none", "no"):
+            return None
+        if text in ("on", "default", "yes"):
+            return cls()
+        values: dict[str, float] = {}
+        for item in text.split(","):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in cls.__dataclass_fields__:
+                raise InputError(f"focus: expected on, off or {', '.join(f'{k}=X' for k in cls.__dataclass_fields__)}"
+                                 f", got {item!r}")
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise InputError(f"focus: {key} must be a number, got {value!r}") from None
+        return cls(**values)
+
+    def window(self, mask: np.ndarray, points_rc: np.ndarray, previous: Window | None = None) -> Window | None:
+        """The window for the next prediction, or None to use the whole plane.
+
+        The object's extent is the mask plus every click (a positive click outside the mask is part of the
+        object the user wants; a negative click must be seen to be obeyed). ``previous`` is reused while the
+        extent, with half the margin, still fits in it and it has not become much too large for the object.
+        """
+        extent = _extent(mask, points_rc)
+        if extent is None:
+            return None
+        height, width = mask.shape
+        r0, c0, r1, c1 = extent
+        side_needed = max(r1 - r0 + 1, c1 - c0 + 1)
+        side = max(side_needed * (1.0 + 2.0 * self.margin), max(height, width) / self.max_zoom)
+        if max(height, width) / side < self.min_zoom:
+            return None
+        half_margin = self.margin * side_needed / 2.0
+        if previous is not None and previous.contains(r0 - half_margin, c0 - half_margin, r1 + half_margin,
+                                                      c1 + half_margin) and max(previous.shape) <= 1.5 * side:
+            return previous
+        side_px = int(np.ceil(side))
+        return _square(r0, c0, r1, c1, side_px, height, width)
+
+
+def _extent(mask: np.ndarray, points_rc: np.ndarray) -> tuple[float, float, float, float] | None:
+    rows, cols = np.nonzero(mask)
+    points = np.asarray(points_rc, np.float64).reshape(-1, 2)
+    all_rows = np.concatenate([rows.astype(np.float64), points[:, 0]])
+    all_cols = np.concatenate([cols.astype(np.float64), points[:, 1]])
+    if all_rows.size == 0:
+        return None
+    return all_rows.min(), all_cols.min(), all_rows.max(), all_cols.max()
+
+
+def _square(r0: float, c0: float, r1: float, c1: float, side: int, height: int, width: int) -> Window:
+    """A ``side`` x ``side`` window centred on the extent, moved (not shrunk) to lie inside the plane."""
+    top, bottom = _placed((r0 + r1) / 2.0, side, height)
+    left, right = _placed((c0 + c1) / 2.0, side, width)
+    return Window(top, left, bottom, right)
+
+
+def _placed(center: float, side: int, size: int) -> tuple[int, int]:
+    side = min(side, size)
+    start = int(round(center - side / 2.0))
+    start = min(max(start, 0), size - side)
+    return start, start + side
+
+
+# Off by default: with the shipped adapters, zoomed answers are better on small organs (CT and MR slices) but worse
+# on mid-sized objects (breast lesions, polyps, the prostate), where the magnified view makes the model pick an
+# inner structure (README "Zoom in on small objects").
+DEFAULT_FOCUS: FocusPolicy | None = None
