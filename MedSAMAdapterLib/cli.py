@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
+from .engine.focus import DEFAULT_FOCUS
 from .errors import InputError, MedSAMAdapterError
 
 EXIT_USAGE = 2
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score a union of labels instead of the labels (repeatable; labels by value or "
                                "name), e.g. --region optic_disc=1,2 --region optic_cup=2")
     add_names_argument(evaluate)
+    add_focus_argument(evaluate)
     from .training.cli_auto import add_auto_inference_arguments
 
     add_auto_inference_arguments(evaluate)
@@ -206,6 +208,13 @@ def add_names_argument(parser: argparse.ArgumentParser) -> None:
                              "trained on goes with the clicks / box, e.g. to tell the optic cup from the disc)")
 
 
+def add_focus_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--focus", default=None, metavar="on|off|margin=M,min_zoom=A,max_zoom=B",
+                        help="answer corrective clicks on a small object on a zoomed window around it (one more "
+                             "encoder pass per window; engine/focus.py); default: "
+                             f"{'on' if DEFAULT_FOCUS is not None else 'off'}, as in Slicer and the web app")
+
+
 def load_session(args, volume):
     from .engine.cache import EmbeddingCache
     from .engine.preprocessing import IntensityPolicy
@@ -215,7 +224,8 @@ def load_session(args, volume):
     model = open_model(args.model, weights=args.weights, adapter=args.adapter, device=pick_device(args.device))
     cache = None if args.no_cache else EmbeddingCache()
     return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity),
-                              names_as_text=getattr(args, "names_as_text", True))
+                              names_as_text=getattr(args, "names_as_text", True),
+                              focus=DEFAULT_FOCUS)
 
 
 def progress_bar(description: str):
@@ -346,6 +356,7 @@ def write_outputs(session, output: Path, overlay: Path | None, axis: int) -> Pat
 
 def run_evaluate(args) -> int:
     from .data.nnunet import open_dataset, parse_regions
+    from .engine.focus import FocusPolicy
     from .evaluation.protocols import evaluate_dataset
 
     regions = None
@@ -355,7 +366,7 @@ def run_evaluate(args) -> int:
         args.dataset, args.protocol, args.model, adapter=args.adapter, out_dir=args.out,
         cases=args.cases, max_cases=args.max_cases, device=pick_device(args.device), regions=regions,
         intensity=args.intensity, cache_on_disk=not args.no_cache, refine_boxes=args.refine_boxes,
-        turn_search=args.turn_search, names_as_text=args.names_as_text,
+        turn_search=args.turn_search, names_as_text=args.names_as_text, focus=FocusPolicy.parse(args.focus),
     )
     print(json.dumps(summary.get("overall", {}), indent=2))
     print(f"report: {args.out / 'report.md'}")

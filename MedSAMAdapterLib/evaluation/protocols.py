@@ -25,6 +25,7 @@ label map is scored; overlays draw later regions over earlier ones.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..engine.focus import DEFAULT_FOCUS, FocusPolicy
 from ..errors import InputError, PromptError
 from . import metrics as M
 from .auto_protocol import auto_session_factory, run_auto_case
@@ -75,6 +77,7 @@ def evaluate_dataset(
     refine_boxes: str | None = None,
     turn_search: bool | None = None,
     names_as_text: bool = True,
+    focus: FocusPolicy | None = DEFAULT_FOCUS,
 ) -> dict[str, Any]:
     """Run ``protocol`` on the dataset's cases; write ``summary.json`` (atomically), ``report.md`` and plots.
 
@@ -87,7 +90,8 @@ def evaluate_dataset(
     ``engine/refine.py``). ``turn_search`` (``auto`` only): try the quarter turns of each plane (None: as the model
     card says; ``engine.auto.AutoSegmenter``). ``names_as_text``: each target's name goes with its prompts when the
     adapter knows it (``models/peft/text.py``; each case and the summary list the names used under
-    ``text_prompts``). Returns the summary
+    ``text_prompts``). ``focus``: how corrective clicks zoom in on small objects (``engine/focus.py``; None: whole planes).
+    Returns the summary
     dict (NaN where JSON has null).
     """
     from ..data.nnunet import open_dataset
@@ -114,7 +118,7 @@ def evaluate_dataset(
     out = Path(out_dir) if out_dir is not None else \
         Path("runs") / "eval" / f"{dataset.name}-{protocol}-{Path(model_name).name.split('.')[0]}"
     factory = session_factory or default_session_factory(model_name, adapter_path, device, intensity, cache_on_disk,
-                                                         names_as_text)
+                                                         names_as_text, focus)
     summary = _new_summary(dataset, protocol, model_name, adapter_path, nsd_tolerance_mm, len(selected), targets)
     if protocol == "auto":
         summary["box_refinement"] = refine_boxes
@@ -122,6 +126,7 @@ def evaluate_dataset(
     started = time.perf_counter()
     for case in _progress(selected, progress, f"{protocol} {dataset.name}"):
         record, prediction = evaluate_case(dataset, case, protocol, factory, nsd_tolerance_mm, targets)
+        summary["focus"] = record["focus"]  # one factory: the same for every case
         summary["cases"].append(record)
         if save_predictions:
             _save_prediction(out / "predictions" / f"{case}.npz", prediction, record["overlay_index"])
@@ -139,7 +144,7 @@ def evaluate_dataset(
 
 def default_session_factory(
     model_name: str, adapter: Path | None = None, device: str = "cpu", intensity: Any = None,
-    cache_on_disk: bool = False, names_as_text: bool = True,
+    cache_on_disk: bool = False, names_as_text: bool = True, focus: FocusPolicy | None = None,
 ) -> SessionFactory:
     """Load the model once; each case gets a fresh session with an embedding cache of its own (memory only) or,
     with ``cache_on_disk``, one shared disk-backed cache.
@@ -159,7 +164,7 @@ def default_session_factory(
 
     def factory(volume: Any) -> Any:
         return InteractiveSession(volume, model, cache=shared or EmbeddingCache(use_disk=False), intensity=policy,
-                                  names_as_text=names_as_text)
+                                  names_as_text=names_as_text, focus=focus)
 
     return factory
 
@@ -188,12 +193,14 @@ def evaluate_case(
         else:
             outcome = _run_clicks(session, gt, present, spacing, nsd_tolerance_mm)
         text_prompts = _text_prompts(session)
+        focus = getattr(session, "focus", None)
     finally:
         _close(session)
     t2 = time.perf_counter()
     record = {
         "case": case,
         "text_prompts": text_prompts,
+        "focus": None if focus is None else dataclasses.asdict(focus),
         "shape": list(gt.shape),
         "spacing": [float(s) for s in spacing],
         "absent_labels": [name for name in targets.values if name not in present.values],

@@ -111,3 +111,17 @@ def test_evaluate_passes_cache_and_intensity_flags(tmp_path, monkeypatch, capsys
     assert seen["names_as_text"] is True
     run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), "--no-names"], capsys)
     assert seen["names_as_text"] is False
+
+
+def test_evaluate_focus_flag(tmp_path, monkeypatch, capsys):
+    from MedSAMAdapterLib.engine.focus import DEFAULT_FOCUS, FocusPolicy
+    from MedSAMAdapterLib.evaluation import protocols
+
+    seen = {}
+    monkeypatch.setattr(protocols, "evaluate_dataset", lambda *a, **kw: seen.update(kw) or {"overall": {}})
+    for flags, expected in (([], DEFAULT_FOCUS), (["--focus", "off"], None),
+                            (["--focus", "margin=1,min_zoom=2"], FocusPolicy(margin=1.0, min_zoom=2.0))):
+        run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), *flags], capsys)
+        assert seen["focus"] == expected
+    code, _, err = run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), "--focus", "zoom=3"], capsys)
+    assert code != 0 and "focus" in err

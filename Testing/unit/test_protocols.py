@@ -317,3 +317,19 @@ def test_names_the_sessions_sent_as_text_are_listed_per_case_and_in_the_summary(
             save_predictions=False)
         assert summary["text_prompts"] == expected
         assert all(case["text_prompts"] == expected for case in summary["cases"])
+
+
+def test_clicks_protocol_records_the_sessions_focus(tmp_path):
+    from MedSAMAdapterLib.engine.focus import FocusPolicy
+    from MedSAMAdapterLib.engine.session import InteractiveSession
+    from Testing.helpers import BrightRegionModel
+
+    root = make_2d_dataset(tmp_path / "Dataset903_Toy")
+    for focus in (FocusPolicy(margin=0.5), None):
+        summary = evaluate_dataset(
+            root, "clicks", "stand-in", out_dir=tmp_path / f"ev{focus is None}", progress=False,
+            session_factory=lambda volume: InteractiveSession(volume, BrightRegionModel(), focus=focus),
+            save_predictions=False)
+        expected = None if focus is None else {"margin": 0.5, "min_zoom": 1.5, "max_zoom": 4.0}
+        assert summary["complete"] and summary["focus"] == expected
+        assert all(case["focus"] == expected for case in summary["cases"])

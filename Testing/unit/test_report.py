@@ -75,6 +75,11 @@ def test_report_and_plots_written(tmp_path):
     assert not list(tmp_path.glob(".*partial*"))  # atomic writes leave no temporaries
     named = write_report({**clicks_summary(), "text_prompts": ["liver"]}, tmp_path / "named").read_text()
     assert "| text prompts | liver |" in named
+    zoomed = write_report({**clicks_summary(), "focus": {"margin": 0.4, "min_zoom": 1.5, "max_zoom": 4.0}},
+                          tmp_path / "zoomed").read_text()
+    assert "| zoom on small objects | margin 0.4, min_zoom 1.5, max_zoom 4 |" in zoomed
+    assert "| zoom on small objects | off |" in write_report({**clicks_summary(), "focus": None},
+                                                             tmp_path / "flat").read_text()
 
 
 def test_box_summary_has_no_click_plot_and_flags_incomplete_runs(tmp_path):
