@@ -85,7 +85,8 @@ Builds on segment-anything (Meta AI, Apache-2.0) and LiteMedSAM (Bo Wang lab, Ap
 class MedSAMAdapterParameterNode:
     """inputVolume / segmentation: the nodes segmented; model, adapterPath, intensity, device: the network;
     overlap: what a result may do to other segments; namesAsText: segment names go with the prompts as text when
-    the adapter knows them; recipe, epochs, runDirectory: fine-tuning."""
+    the adapter knows them; zoomSmallObjects: corrective clicks on a small object are answered on a zoomed window
+    around it; recipe, epochs, runDirectory: fine-tuning."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
@@ -95,6 +96,7 @@ class MedSAMAdapterParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     overlap: Annotated[str, Choice(OVERLAPS)] = "keep_others"
     namesAsText: bool = True
+    zoomSmallObjects: bool = False
     recipe: Annotated[str, Choice(RECIPES)] = "decoder"
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
     runDirectory: pathlib.Path
@@ -331,12 +333,14 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
 
     def segmenter(self, parameterNode):
         """The bridge for the selected volume and segmentation, with the selected model settings."""
+        from MedSAMAdapterLib.engine.focus import FocusPolicy
         from MedSAMAdapterLib.scene import ModelSettings
 
         self.controller.configure(ModelSettings(name=parameterNode.model, adapter=self.adapterSetting(parameterNode),
                                                 device=parameterNode.device, intensity=parameterNode.intensity))
         self.controller.overlap = parameterNode.overlap
         self.controller.names_as_text = parameterNode.namesAsText
+        self.controller.focus = FocusPolicy() if parameterNode.zoomSmallObjects else None
         if parameterNode.segmentation is None:
             parameterNode.segmentation = (self.scene or slicer.mrmlScene).AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", "MedSAM segmentation")

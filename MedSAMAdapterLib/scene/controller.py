@@ -19,6 +19,7 @@ import numpy as np
 
 from ..engine.atomic import atomic_path, copy_file_atomic, write_text_atomic
 from ..engine.cache import EmbeddingCache
+from ..engine.focus import DEFAULT_FOCUS, FocusPolicy
 from ..errors import InputError
 from .bridge import OverlapPolicy, SceneSegmenter
 from .labelmaps import VoxelGrid, import_label_map, segment_ids_of
@@ -65,6 +66,7 @@ class SceneController:
         self.settings = ModelSettings()
         self.overlap: OverlapPolicy = "keep_others"
         self.names_as_text = True  # segment names are text prompts when the adapter knows them
+        self.focus: FocusPolicy | None = DEFAULT_FOCUS  # zoom in on small objects for corrective clicks
         self._model: Any = None
         self._segmenters: dict[tuple[str, str], tuple[int, SceneSegmenter]] = {}
 
@@ -100,6 +102,7 @@ class SceneController:
         segmenter = found[1]
         segmenter.overlap = self.overlap  # settings a bridge follows without being rebuilt
         segmenter.session.names_as_text = self.names_as_text
+        segmenter.session.focus = self.focus
         return segmenter
 
     def forget(self, node_id: str | None = None) -> None:

@@ -22,6 +22,7 @@ from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
+from ..engine.focus import DEFAULT_FOCUS, FocusPolicy
 from ..errors import MedSAMAdapterError
 from ..scene import ModelSettings, SceneController
 from .effect import MedSamEffect
@@ -171,7 +172,7 @@ class MedSamWebApp(TrameApp):
             "message": "", "error": "", "busy": False, "negative_mode": False, "volume_name": "", "last_view": "",
             "embedding": {"done": 0, "total": 0, "running": False, "error": ""},
             "auto_models": auto, "auto_model": auto[0] if auto else None, "auto_refine": False,
-            "auto_turns": False, "names_as_text": True,
+            "auto_turns": False, "names_as_text": True, "zoom_small_objects": DEFAULT_FOCUS is not None,
             "auto_reason": self.session.auto_unavailable_reason(),
             "server_path": "", "server_files": self.data_roots.listing() if self.data_roots else [],
             "data_dirs": [str(r) for r in self.data_roots.roots], "save_name": "segmentation.seg.nrrd",
@@ -187,6 +188,10 @@ class MedSamWebApp(TrameApp):
         @state.change("names_as_text")
         def _names_as_text(names_as_text: bool, **_: Any) -> None:
             self.session.controller.names_as_text = bool(names_as_text)
+
+        @state.change("zoom_small_objects")
+        def _zoom(zoom_small_objects: bool, **_: Any) -> None:
+            self.session.controller.focus = FocusPolicy() if zoom_small_objects else None
 
         @state.change("show_3d")
         def _show_3d(show_3d: bool, **_: Any) -> None:

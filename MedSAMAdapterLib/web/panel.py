@@ -63,6 +63,10 @@ def _segment_tab(app: "MedSamWebApp") -> None:
                hide_details=True, id="medsam-names-as-text",
                title="a name the adapter was trained on (optic cup, liver...) goes with your clicks and boxes, "
                      "so one click says which structure you mean; other names change nothing")
+    v3.VSwitch(v_model=("zoom_small_objects",), label="Zoom in on small objects", density="compact",
+               hide_details=True, id="medsam-zoom-small-objects",
+               title="after the first click, further clicks on a small object are answered on a magnified window "
+                     "around it (finer borders; one more encoder pass per window)")
     _auto_section(app)
 
 

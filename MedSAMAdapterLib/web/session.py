@@ -296,6 +296,7 @@ class WebSession:
             "can_undo": self.can_undo(),
             "can_redo": self.can_redo(),
             "model": {"name": self.controller.settings.name, "adapter": self.controller.settings.adapter},
+            "prompting": {"names_as_text": self.controller.names_as_text, "zoom": self.controller.focus is not None},
             "embedding": self.embedding_progress(),
             "last": {"message": self.log.message, "error": self.log.error, "seconds": self.log.seconds,
                      "count": self.log.count},

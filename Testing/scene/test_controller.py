@@ -277,3 +277,16 @@ def test_segment_names_reach_the_model_as_text_and_the_switch_turns_them_off(set
     controller.names_as_text = False
     segmenter = controller.segmenter(setup["volume"], setup["segmentation"])
     assert segmenter.click_ras(sid, [ras], axis=0).text is None and model.texts[-1] is None
+
+
+def test_zoom_setting_reaches_the_sessions(setup, tmp_path):
+    from MedSAMAdapterLib.engine.cache import EmbeddingCache
+    from MedSAMAdapterLib.engine.focus import DEFAULT_FOCUS, FocusPolicy
+
+    controller = SceneController(setup["scene"], loader=lambda settings: NamedRegionModel(),
+                                 cache=EmbeddingCache(tmp_path / "c"))
+    assert controller.segmenter(setup["volume"], setup["segmentation"]).session.focus == DEFAULT_FOCUS
+    controller.focus = FocusPolicy()  # the module's / page's switch, on the bridge already built
+    assert controller.segmenter(setup["volume"], setup["segmentation"]).session.focus == FocusPolicy()
+    controller.focus = None
+    assert controller.segmenter(setup["volume"], setup["segmentation"]).session.focus is None
