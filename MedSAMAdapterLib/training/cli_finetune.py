@@ -81,7 +81,9 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompts", default=None, metavar="SPEC",
                    help="prompt mixture, e.g. 'box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5'; text=0.5 also "
                         "sends each target's label / region name with half the prompts and teaches the adapter "
-                        "those names as text prompts")
+                        "those names as text prompts; focus=0.5 shows half the samples through a zoomed window "
+                        "around the target, as the session's zoom on small objects does (one more encoder pass per "
+                        "window, cached)")
     p.add_argument("--depth-chunk", type=int, default=4, help="planes per SD-Trans chunk (medsa-3d; default: 4)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute encoder blocks in the backward pass (encoder recipes; saves GPU memory)")

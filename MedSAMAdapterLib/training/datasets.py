@@ -23,6 +23,7 @@ label map); use ``max_cases`` for big datasets.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch.utils.data
 
+from ..engine.focus import Window
 from ..engine.preprocessing import IntensityPolicy, volume_to_display_range
 from ..engine.volume import Volume
 from ..errors import InputError
@@ -135,11 +137,19 @@ class SliceSample:
     kind: str = "foreground"
     prompt_mask: np.ndarray | None = None
     name: str = ""  # the target's label / region name (the text prompt when training text prompts)
+    window: Window | None = None  # set when the sample is seen through a focus window (``focused``)
 
     @property
     def key(self) -> tuple[int, int]:
-        """(case index in its dataset, plane index): identifies the embedding to use."""
+        """(case index in its dataset, plane index): identifies the plane's embedding (``window`` the crop of it)."""
         return self.case_index, self.slice_index
+
+    def focused(self, window: Window) -> "SliceSample":
+        """This sample as the session sees it when it zooms: every plane cropped to ``window``."""
+        rows, cols = window.slices
+        prompt_mask = None if self.prompt_mask is None else self.prompt_mask[rows, cols]
+        return dataclasses.replace(self, image=self.image[rows, cols], label_plane=self.label_plane[rows, cols],
+                                   target=self.target[rows, cols], prompt_mask=prompt_mask, window=window)
 
 
 def make_case(

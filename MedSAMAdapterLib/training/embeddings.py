@@ -7,6 +7,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from ..engine.focus import Window
 from ..engine.preprocessing import SliceTransform
 from .datasets import SLICE_AXIS, SliceDataset
 
@@ -51,7 +52,10 @@ class CachedEmbeddings:
             done += len(indices)
         return computed
 
-    def get(self, case_index: int, slice_index: int) -> tuple[Tensor, SliceTransform]:
+    def get(self, case_index: int, slice_index: int, window: Window | None = None) -> tuple[Tensor, SliceTransform]:
+        """A plane's embedding, or its focus window's (computed on first use, then cached like the planes)."""
         emb = self.embedders[case_index]
-        tensor = emb.embedding(SLICE_AXIS, slice_index).to(self.device, torch.float32)
-        return tensor.clone(), emb.transform(SLICE_AXIS, slice_index)  # clone: never an inference tensor
+        tensor = emb.embedding(SLICE_AXIS, slice_index) if window is None else \
+            emb.window_embedding(SLICE_AXIS, slice_index, window)
+        tensor = tensor.to(self.device, torch.float32)
+        return tensor.clone(), emb.transform(SLICE_AXIS, slice_index, window)  # clone: never an inference tensor

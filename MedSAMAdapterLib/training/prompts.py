@@ -49,9 +49,10 @@ class PromptPolicy:
     center_click_fraction: float = 0.5
     mask_prompt: bool = True
     text_fraction: float = 0.0  # prompts that also carry the structure's name; > 0 gives the adapter text prompts
+    focus_fraction: float = 0.0  # samples seen through a focus window around the target (engine/focus.py)
 
     def __post_init__(self) -> None:
-        for name in ("box_weight", "tight_box_fraction", "center_click_fraction", "text_fraction"):
+        for name in ("box_weight", "tight_box_fraction", "center_click_fraction", "text_fraction", "focus_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"prompt policy {name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.box_jitter < 0.5:
@@ -61,12 +62,13 @@ class PromptPolicy:
 
     @classmethod
     def parse(cls, text: str | None) -> "PromptPolicy":
-        """``"box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5,mask=1,text=0.5"`` (any subset; ``box`` = box
-        weight, ``text`` = text fraction)."""
+        """``"box=0.5,clicks=5,jitter=0.1,tight=0.25,center=0.5,mask=1,text=0.5,focus=0.3"`` (any subset;
+        ``box`` = box weight, ``text`` / ``focus`` = text / focus fraction)."""
         if not text:
             return cls()
         keys = {"box": "box_weight", "clicks": "max_clicks", "jitter": "box_jitter", "tight": "tight_box_fraction",
-                "center": "center_click_fraction", "mask": "mask_prompt", "text": "text_fraction"}
+                "center": "center_click_fraction", "mask": "mask_prompt", "text": "text_fraction",
+                "focus": "focus_fraction"}
         values: dict[str, Any] = {}
         for part in str(text).split(","):
             key, _, value = part.strip().partition("=")

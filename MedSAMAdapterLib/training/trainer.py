@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.atomic import write_text_atomic
+from ..engine.focus import TRAINING_MARGINS, FocusPolicy
 from ..engine.preprocessing import SliceTransform, prepare_slice, resize_bilinear
 from ..errors import InputError
 from ..evaluation.clicks import first_click, next_click, tight_box
@@ -315,8 +316,18 @@ class Trainer:
             if cfg.recipe == "medsa-3d":
                 items.append((self.train_data.sample_chunk(rng, cfg.depth_chunk), rng))
             else:
-                items.append(([self.train_data.sample(rng)], rng))
+                items.append(([self._maybe_focused(self.train_data.sample(rng), rng)], rng))
         return items
+
+    def _maybe_focused(self, sample: SliceSample, rng: np.random.Generator) -> SliceSample:
+        """With the policy's focus share, the sample seen through the window a session zooms to for corrective
+        clicks (``engine/focus.py``), so the adapter learns the magnified view; large objects are never zoomed."""
+        share = self.config.prompt.focus_fraction
+        if share <= 0 or rng.random() >= share or not sample.target.any():
+            return sample
+        margin = float(rng.choice(TRAINING_MARGINS))
+        window = FocusPolicy(margin=margin).window(sample.target, np.zeros((0, 2)))
+        return sample if window is None else sample.focused(window)
 
     def _train_step(self, epoch: int, step: int) -> tuple[float, float, int]:
         """One optimiser step; returns (loss, segmentation part of the loss, samples with a loss)."""
@@ -345,7 +356,7 @@ class Trainer:
                grad: bool) -> tuple[list[Tensor], list[SliceTransform]]:
         """(1, 256, E, E) embedding + transform per sample; encoder recipes encode the batch here."""
         if store is not None:
-            pairs = [store.get(s.case_index, s.slice_index) for s in samples]
+            pairs = [store.get(s.case_index, s.slice_index, s.window) for s in samples]
             return [p[0] for p in pairs], [p[1] for p in pairs]
         spec = self.model.spec
         prepared = [prepare_slice(s.image, spec) for s in samples]

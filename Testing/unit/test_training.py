@@ -523,3 +523,23 @@ def test_finetune_cli_init_adapter_default_needs_a_shipped_adapter(data_dirs, tm
     assert main(["finetune", str(data_dirs[0]), "--out", str(tmp_path / "run"), "--model", "tiny-test",
                  "--init-adapter", "default"]) == 2
     assert "ships no default adapter" in capsys.readouterr().err
+
+
+def test_focus_share_trains_on_windows_around_the_target_and_caches_them(data_dirs, tmp_path):
+    split = build_nnunet_split([data_dirs[0]], SplitOptions(0.34, 0))
+    model = counting(build_tiny_test_model())
+    cfg = tiny_config(tmp_path, epochs=2, steps_per_epoch=2, baseline_validation=False,
+                      prompt=PromptPolicy(max_clicks=3, focus_fraction=1.0))
+    trainer = Trainer(cfg, split.train, split.val, tmp_path / "run", model=model)
+    focused = [s for samples, _ in trainer._batch(1, 0) for s in samples if s.window is not None]
+    assert focused, "small targets are seen through focus windows"
+    for sample in focused:
+        assert sample.image.shape[:2] == sample.target.shape == sample.window.shape
+        assert sample.target.any() and max(sample.window.shape) * 1.5 <= 64
+    history = trainer.fit()
+    assert all(np.isfinite(h["loss"]) for h in history)
+    planes = sum(len(v) for v in split.train.candidate_slices().values())
+    val_planes = len({(s.case_index, s.slice_index) for s in trainer.val_items})
+    windows = {(s.case_index, s.slice_index, s.window) for epoch in (1, 2) for step in range(2)
+               for samples, _ in trainer._batch(epoch, step) for s in samples if s.window is not None}
+    assert model.encoded == planes + val_planes + len(windows)  # each window encoded once, then cached
