@@ -155,3 +155,5 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 self.statusLabel.text = _("{count} slice(s) updated").format(count=len(result.slices))
                 if getattr(result, "text", None):
                     self.statusLabel.text += _(", text prompt '{text}'").format(text=result.text)
+                if getattr(result, "zoom", 1.0) > 1.0:
+                    self.statusLabel.text += _(", zoomed x{zoom:.1f}").format(zoom=result.zoom)

@@ -37,6 +37,7 @@ class SliceResult:
     axis: int
     index: int
     text: str | None = None  # the segment name the model took as a text prompt (None: not used or not known)
+    zoom: float = 1.0  # magnification of the focus window the model answered on (1: the whole plane)
 
 
 @dataclass
@@ -282,9 +283,11 @@ class InteractiveSession:
         best = int(torch.argmax(iou[0])) if multimask else 0
         best_logits = low_res[:, best : best + 1]
         mask = transform.logits_to_slice(best_logits)[0, 0].cpu().numpy() > 0
+        zoom = 1.0
         if window is not None:
             mask = window.paste(full_previous, mask)
-        return SliceResult(mask, float(iou[0, best]), axis, index, text)
+            zoom = max(plane_shape) / max(window.shape)
+        return SliceResult(mask, float(iou[0, best]), axis, index, text, zoom)
 
     # --- undo / redo ---------------------------------------------------------------------------------
     def undo(self, segment_id: str) -> bool:

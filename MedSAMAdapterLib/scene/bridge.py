@@ -92,6 +92,7 @@ class EditResult:
     changed_segments: tuple[str, ...]
     iou: float | None = None
     text: str | None = None  # the segment name the model took as a text prompt
+    zoom: float = 1.0  # magnification of the focus window the clicks were answered on (1: the whole slice)
 
 
 @dataclass
@@ -419,7 +420,7 @@ class SceneSegmenter:
         self.last_segment = segment_id
         key = (segment_id, axis, index)
         edit = self._commit(segment_id, axis, [index], overlap, label, key, before, after)
-        return replace(edit, iou=result.iou, text=result.text)
+        return replace(edit, iou=result.iou, text=result.text, zoom=result.zoom)
 
     def _engine_segment(self, segment_id: str) -> str:
         """The engine segment mirroring ``segment_id``, (re)loaded from the node when the node changed."""

@@ -227,6 +227,8 @@ class WebSession:
         detail = f"{len(slices)} slice(s)" if slices is not None else ("done" if result else "nothing to do")
         text = getattr(result, "text", None)
         detail += f", text prompt '{text}'" if text else ""
+        zoom = getattr(result, "zoom", 1.0)
+        detail += f", zoomed x{zoom:.1f}" if zoom > 1.0 else ""
         self.log.ok(f"{label}: {detail} in {elapsed * 1000:.0f} ms", elapsed)
         return result
 

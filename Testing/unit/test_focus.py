@@ -82,9 +82,12 @@ def test_corrective_click_is_answered_on_the_window_at_the_exact_place():
     segment = session.add_segment("lesion")
     first = _click(session, segment, [(60, 70)], [1])
     assert model.encode_calls == 1  # the whole plane
-    second = _click(session, segment, [(60, 70), (75, 80)], [1, 1])
+    prompts = SlicePrompts(np.asarray([(60, 70), (75, 80)], np.float32), np.asarray([1, 1]), None, True)
+    result = session.segment_slice(segment, 0, 0, prompts)
+    second = result.mask
     assert model.encode_calls == 2  # plus the window
     window = session._focus_windows[(segment, 0, 0)]
+    assert result.zoom == pytest.approx(128 / max(window.shape))
     assert max(window.shape) < 128 / 1.5
     # The echo model's disk has 2 answer cells of radius: 16 px on the plane, fewer on the zoomed window
     assert first.sum() > 2 * second[ndimage.label(second)[0] == ndimage.label(second)[0][75, 80]].sum()

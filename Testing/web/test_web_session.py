@@ -185,3 +185,21 @@ def test_a_known_segment_name_goes_with_the_click_and_the_status_says_so(tmp_pat
     web.controller.names_as_text = False  # the page's switch
     web.gesture(matrix, Gesture("click", (xy,), 1))
     assert model.texts[-1] is None
+
+
+def test_with_zoom_on_a_corrective_click_says_how_far_it_zoomed(tmp_path, ball_file):
+    from MedSAMAdapterLib.engine.focus import FocusPolicy
+    from Testing.helpers import BrightRegionModel
+
+    scene = new_scene()
+    web = WebSession(scene, SceneController(scene, loader=lambda s: BrightRegionModel(),
+                                            cache=EmbeddingCache(tmp_path / "cache")))
+    # the page's "Zoom in on small objects" switch; the ball fills much of its slices, so zoom from 1.2x
+    web.controller.focus = FocusPolicy(margin=0.1, min_zoom=1.2)
+    web.load_volume(ball_file[0])
+    matrix, xy = view_at(web, "Axial", (22, 20, 12))
+    web.gesture(matrix, Gesture("click", (xy,), 1))
+    assert "zoomed" not in web.status()["last"]["message"]  # the first click sees the whole slice
+    _, xy2 = view_at(web, "Axial", (24, 20, 12))
+    web.gesture(matrix, Gesture("click", (xy2,), 1))
+    assert "zoomed x" in web.status()["last"]["message"], web.status()["last"]
