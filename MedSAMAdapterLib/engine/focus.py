@@ -4,8 +4,8 @@ A model answers on a fixed grid: LiteMedSAM sees a plane at 256 px and returns 6
 prostate on a 384-px MR slice is about 6 x 6 answer cells, and a rib on a 512-px CT slice is one or two. Once
 the first click has produced a mask, the object's extent is known; the next clicks are then answered on a square
 window around the mask and the clicks, resized to the model input (the zoom-in of RITM and FocalClick). The
-window costs one encoder pass; it is kept while the object stays well inside it, so a run of clicks on one
-object reuses one embedding.
+window costs one encoder pass; it is kept while the object stays well inside it and does not shrink much, so a
+run of clicks on one object reuses one embedding.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .prompts import SlicePrompts
 
 
 TRAINING_MARGINS = (0.25, 0.4, 0.7)  # around the session's default margin: inference windows vary with the mask
+KEPT_WINDOW_MAX_RATIO = 1.5  # a window is kept for the next click while at most this much larger than a fresh one
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,10 @@ class Window:
     def contains(self, r0: float, c0: float, r1: float, c1: float) -> bool:
         return self.r0 <= r0 and self.c0 <= c0 and r1 < self.r1 and c1 < self.c1
 
-    def to_window_rc(self, points_rc: np.ndarray) -> np.ndarray:
-        return np.asarray(points_rc, np.float32) - np.array([self.r0, self.c0], np.float32)
+    def crop_prompts(self, prompts: SlicePrompts) -> SlicePrompts:
+        """Clicks (and the mask-prompt flag) in window coordinates; a box is never zoomed, so none is kept."""
+        points = np.asarray(prompts.points_rc, np.float32) - np.array([self.r0, self.c0], np.float32)
+        return SlicePrompts(points, prompts.point_labels, None, prompts.use_previous_mask)
 
     def paste(self, plane: np.ndarray, window_mask: np.ndarray) -> np.ndarray:
         """``plane`` with the window's pixels replaced by ``window_mask`` (a copy)."""
@@ -116,7 +120,8 @@ class FocusPolicy:
             return None
         half_margin = self.margin * side_needed / 2.0
         if previous is not None and previous.contains(r0 - half_margin, c0 - half_margin, r1 + half_margin,
-                                                      c1 + half_margin) and max(previous.shape) <= 1.5 * side:
+                                                      c1 + half_margin) and \
+                max(previous.shape) <= KEPT_WINDOW_MAX_RATIO * side:
             return previous
         side_px = int(np.ceil(side))
         return _square(r0, c0, r1, c1, side_px, height, width)

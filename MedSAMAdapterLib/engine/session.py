@@ -20,7 +20,7 @@ from . import geometry
 from .cache import EmbeddingCache
 from .embedder import BackgroundEmbedding, ProgressCallback, VolumeEmbedder
 from .focus import FocusPolicy, Window
-from .preprocessing import IntensityPolicy
+from .preprocessing import IntensityPolicy, SliceTransform
 from .prompts import SlicePrompts, VolumePrompts, box_from_mask
 from .volume import Volume
 
@@ -256,15 +256,21 @@ class InteractiveSession:
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
-        if window is not None:
-            full_previous = previous
-            prompts = SlicePrompts(window.to_window_rc(prompts.points_rc), prompts.point_labels, None,
-                                   prompts.use_previous_mask)
-            previous = previous[window.slices]  # type: ignore[index]
-            embedding = self.embedder.window_embedding(axis, index, window)
-        else:
-            embedding = self.embedder.embedding(axis, index)
-        transform = self.embedder.transform(axis, index, window)
+        if window is None:
+            mask, iou = self._decode(self.embedder.embedding(axis, index), self.embedder.transform(axis, index),
+                                     prompts, previous if has_previous else None, text)
+            return SliceResult(mask, iou, axis, index, text)
+        # Answered on the focus window, then pasted into the whole plane (``previous`` outside the window stays)
+        mask, iou = self._decode(self.embedder.window_embedding(axis, index, window),
+                                 self.embedder.transform(axis, index, window), window.crop_prompts(prompts),
+                                 previous[window.slices] if has_previous else None, text)  # type: ignore[index]
+        zoom = max(plane_shape) / max(window.shape)
+        return SliceResult(window.paste(previous, mask), iou, axis, index, text, zoom)
+
+    def _decode(self, embedding: torch.Tensor, transform: SliceTransform, prompts: SlicePrompts,
+                previous: np.ndarray | None,
+                text: str | None) -> tuple[np.ndarray, float]:
+        """One decoder call on a plane or a focus window: (mask on it, the model's own IoU estimate)."""
         device = embedding.device
         points = labels = box = mask_logits = None
         if prompts.has_points:
@@ -272,7 +278,7 @@ class InteractiveSession:
             labels = torch.as_tensor(prompts.point_labels, device=device)[None]
         if prompts.box_rc is not None:
             box = torch.as_tensor(transform.box_rc_to_model(*prompts.box_rc), dtype=torch.float32, device=device)[None]
-        if prompts.use_previous_mask and has_previous:
+        if prompts.use_previous_mask and previous is not None:
             # The mask as it stands (whoever drew it), not the model's last logits: raw logits fed back made
             # corrective clicks carve holes (prostate Dice@5 0.63 against 0.80, README "Mask feedback").
             mask_logits = transform.mask_to_model_logits(previous).to(device)
@@ -281,13 +287,8 @@ class InteractiveSession:
         with torch.inference_mode():
             low_res, iou = self.model.decode(embedding, points, labels, box, mask_logits, multimask, text)
         best = int(torch.argmax(iou[0])) if multimask else 0
-        best_logits = low_res[:, best : best + 1]
-        mask = transform.logits_to_slice(best_logits)[0, 0].cpu().numpy() > 0
-        zoom = 1.0
-        if window is not None:
-            mask = window.paste(full_previous, mask)
-            zoom = max(plane_shape) / max(window.shape)
-        return SliceResult(mask, float(iou[0, best]), axis, index, text, zoom)
+        mask = transform.logits_to_slice(low_res[:, best : best + 1])[0, 0].cpu().numpy() > 0
+        return mask, float(iou[0, best])
 
     # --- undo / redo ---------------------------------------------------------------------------------
     def undo(self, segment_id: str) -> bool:
