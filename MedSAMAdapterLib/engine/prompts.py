@@ -14,6 +14,7 @@ from ..errors import PromptError
 from . import geometry
 
 BoxRC = tuple[float, float, float, float]  # (r0, c0, r1, c1), inclusive pixel bounds on the plane
+CLICK_BRUSH = 0.3  # radius of the disk a click paints into the mask prompt, x sqrt(mask area) (chosen on unseen sets)
 
 
 @dataclass(frozen=True)
@@ -148,3 +149,20 @@ def box_from_mask(mask: np.ndarray, margin: float = 0.0) -> BoxRC | None:
         float(rows.max()) + margin,
         float(cols.max()) + margin,
     )
+
+
+def mask_prompt_with_clicks(mask: np.ndarray, points_rc: np.ndarray, point_labels: np.ndarray,
+                            brush: float = CLICK_BRUSH) -> np.ndarray:
+    """The mask a corrective prompt sends: the current mask with a disk around each click set to the click's label.
+
+    The decoder weighs a +-8 mask prompt far above one click token, so a negative click inside the mask was often
+    ignored (the prostate case I2CVB kept a wrong region through four negative clicks). Painted into the mask
+    prompt, both inputs say the same. Radius: ``brush`` x sqrt(mask area) (0.53 x the radius of a round object),
+    at least 2 px; a later click wins where disks overlap. The input mask is not modified.
+    """
+    out = np.array(mask, dtype=bool, copy=True)
+    radius = max(2.0, brush * float(np.sqrt(max(int(out.sum()), 1))))
+    rows, cols = np.ogrid[: out.shape[0], : out.shape[1]]
+    for (row, col), label in zip(np.asarray(points_rc, np.float64).reshape(-1, 2), np.asarray(point_labels)):
+        out[(rows - row) ** 2 + (cols - col) ** 2 <= radius**2] = bool(label)
+    return out

@@ -10,8 +10,8 @@ moved by up to ``box_jitter`` x the box size), otherwise 1..``max_clicks`` click
 interior maximum of the distance transform (``center_click_fraction``) or at a random interior point. Further
 clicks are simulated SAM-style (:meth:`PromptSimulator.simulate`): predict without gradient, click the largest
 error region (positive in a miss, negative in a false detection), feed the previous mask back as the mask prompt
-(the binary mask, as ``InteractiveSession`` does), repeat; the caller then runs the final prediction with
-gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask
+(the binary mask with the clicks painted in, as ``InteractiveSession`` does), repeat; the caller then runs the
+final prediction with gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask
 prompt), and the best-IoU mask is kept.
 
 ``edge`` samples (empty target, see ``training.datasets``) are prompted like propagation does: the box of the
@@ -29,6 +29,7 @@ import torch
 from scipy import ndimage
 
 from ..engine.preprocessing import SliceTransform
+from ..engine.prompts import mask_prompt_with_clicks
 from ..errors import InputError
 from ..evaluation.clicks import first_click, jittered_box, next_click, tight_box
 from ..models.peft.text import understood
@@ -122,8 +123,11 @@ class SimulatedPrompt:
                 "text": self.text}
 
     def feed_back(self, mask: np.ndarray) -> None:
-        """Make the previous prediction's binary mask the next mask prompt, exactly as the session does."""
-        self.mask_logits = self.transform.mask_to_model_logits(mask)
+        """Make the previous prediction's binary mask, with the clicks so far painted in, the next mask prompt,
+        exactly as the session does (``engine.prompts.mask_prompt_with_clicks``)."""
+        rc = np.array([[r, c] for r, c, _ in self.clicks], np.float64).reshape(-1, 2)
+        labels = np.array([1 if p else 0 for _, _, p in self.clicks], np.int64)
+        self.mask_logits = self.transform.mask_to_model_logits(mask_prompt_with_clicks(mask, rc, labels))
 
     def model_points(self) -> np.ndarray:
         """(N, 2) click positions in model (x, y)."""

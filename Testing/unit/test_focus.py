@@ -145,3 +145,13 @@ def test_previous_mask_goes_through_the_window_in_place():
     second = _click(session, segment, [(120, 50), (118, 56)], [1, 0])
     assert session._focus_windows[(segment, 0, 0)].r0 > 0  # it did zoom
     assert (first ^ second).sum() <= 0.05 * first.sum()  # only boundary pixels may differ after resampling
+
+
+def test_a_negative_click_is_painted_out_of_the_mask_prompt():
+    """MaskEchoModel answers with its mask prompt: a negative click inside the mask comes back as a hole."""
+    volume = make_volume(np.random.default_rng(0).random((1, 96, 96)).astype(np.float32))
+    session = InteractiveSession(volume, MaskEchoModel(image_size=64), cache=EmbeddingCache(use_disk=False))
+    segment = session.add_segment("lesion")
+    first = _click(session, segment, [(48, 48)], [1])
+    second = _click(session, segment, [(48, 48), (50, 56)], [1, 0])
+    assert first[50, 56] and not second[50, 56] and second[48, 40]

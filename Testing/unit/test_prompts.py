@@ -70,3 +70,18 @@ def test_box_from_mask():
     assert box_from_mask(mask) == (2, 3, 4, 7)
     assert box_from_mask(mask, 1) == (1, 2, 5, 8)
     assert box_from_mask(np.zeros((4, 4), bool)) is None
+
+
+def test_clicks_are_painted_into_the_mask_prompt():
+    from MedSAMAdapterLib.engine.prompts import CLICK_BRUSH, mask_prompt_with_clicks
+
+    mask = np.zeros((60, 60), bool)
+    mask[10:50, 10:50] = True  # 1600 px: brush radius 0.3 x 40 = 12 px
+    painted = mask_prompt_with_clicks(mask, np.array([[30.0, 30.0], [55.0, 5.0]]), np.array([0, 1]))
+    radius = CLICK_BRUSH * 40
+    assert not painted[30, 30] and not painted[30, 30 + int(radius)] and painted[30, 30 + int(radius) + 2]
+    assert painted[55, 5] and painted[55, 5 + int(radius)]  # a positive click outside adds its disk
+    assert mask[30, 30] and not mask[55, 5]  # the input is left alone
+    later_wins = mask_prompt_with_clicks(mask, np.array([[30.0, 30.0], [31.0, 30.0]]), np.array([0, 1]))
+    assert later_wins[30, 30]
+    assert np.array_equal(mask_prompt_with_clicks(mask, np.zeros((0, 2)), np.zeros(0)), mask)

@@ -21,6 +21,7 @@ from MedSAMAdapterLib.models.checkpoints import load_adapter, read_card
 from MedSAMAdapterLib.models.registry import build_tiny_test_model
 from MedSAMAdapterLib.training.datasets import build_array_split, build_nnunet_split, make_case
 from MedSAMAdapterLib.training.splits import SplitOptions
+from MedSAMAdapterLib.engine.prompts import mask_prompt_with_clicks
 from MedSAMAdapterLib.training.prompts import PromptPolicy, PromptSimulator
 from MedSAMAdapterLib.training.config import TrainConfig
 from MedSAMAdapterLib.training.trainer import STATE_FILE, Trainer, model_space_target
@@ -277,8 +278,11 @@ def test_iterative_clicks_land_in_the_error_regions(wrong):
             assert model.calls[0]["multimask"] and model.calls[0]["mask"] is None
             assert all(call["mask"] is not None and not call["multimask"] for call in model.calls[1:])
             assert p.mask_logits is not None and not p.multimask
-            # the shown mask goes back as the session sends it (binary, +-8), not the raw logits
-            assert torch.equal(p.mask_logits, tr.mask_to_model_logits(shown))
+            # the shown mask goes back as the session sends it (binary with the clicks painted in, +-8), not the
+            # raw logits
+            rc = np.array([(r, c) for r, c, _ in p.clicks], np.float64)
+            painted = mask_prompt_with_clicks(shown, rc, np.array([int(k) for _, _, k in p.clicks]))
+            assert torch.equal(p.mask_logits, tr.mask_to_model_logits(painted))
     assert signs == ({True} if wrong == "miss" else {False})
 
 
