@@ -252,13 +252,14 @@ class InteractiveSession:
 
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
                  text: str | None = None, window: Window | None = None) -> SliceResult:
-        plane_shape = self.embedder.transform(axis, index).original_hw
+        plane = self.embedder.transform(axis, index)
+        plane_shape = plane.original_hw
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
         if window is None:
-            mask, iou = self._decode(self.embedder.embedding(axis, index), self.embedder.transform(axis, index),
-                                     prompts, previous if has_previous else None, text)
+            mask, iou = self._decode(self.embedder.embedding(axis, index), plane, prompts,
+                                     previous if has_previous else None, text)
             return SliceResult(mask, iou, axis, index, text)
         # Answered on the focus window, then pasted into the whole plane (``previous`` outside the window stays)
         mask, iou = self._decode(self.embedder.window_embedding(axis, index, window),

@@ -11,8 +11,8 @@ interior maximum of the distance transform (``center_click_fraction``) or at a r
 clicks are simulated SAM-style (:meth:`PromptSimulator.simulate`): predict without gradient, click the largest
 error region (positive in a miss, negative in a false detection), feed the previous mask back as the mask prompt
 (the binary mask with the clicks painted in, as ``InteractiveSession`` does), repeat; the caller then runs the
-final prediction with gradient. Multimask output is asked for exactly when the session asks for it (a single click, no box, no mask
-prompt), and the best-IoU mask is kept.
+final prediction with gradient. Multimask output is asked for exactly when the session asks for it (a single
+click, no box, no mask prompt), and the best-IoU mask is kept.
 
 ``edge`` samples (empty target, see ``training.datasets``) are prompted like propagation does: the box of the
 neighbouring plane's mask grown by max(2 px, 10 %).
@@ -113,9 +113,9 @@ class SimulatedPrompt:
         """Keyword arguments of ``PromptableSam.decode`` (points / labels / box / mask_logits / multimask)."""
         points = labels = box = None
         if self.clicks:
-            rc = np.array([[r, c] for r, c, _ in self.clicks], np.float64)
+            rc, click_labels = self.click_arrays()
             points = torch.as_tensor(self.transform.to_model_xy(rc), dtype=torch.float32, device=device)[None]
-            labels = torch.tensor([[1 if p else 0 for _, _, p in self.clicks]], dtype=torch.int64, device=device)
+            labels = torch.as_tensor(click_labels, device=device)[None]
         if self.box_rc is not None:
             box = torch.tensor([self.transform.box_rc_to_model(*self.box_rc)], dtype=torch.float32, device=device)
         mask = None if self.mask_logits is None else self.mask_logits.to(device)
@@ -125,17 +125,12 @@ class SimulatedPrompt:
     def feed_back(self, mask: np.ndarray) -> None:
         """Make the previous prediction's binary mask, with the clicks so far painted in, the next mask prompt,
         exactly as the session does (``engine.prompts.mask_prompt_with_clicks``)."""
-        rc = np.array([[r, c] for r, c, _ in self.clicks], np.float64).reshape(-1, 2)
-        labels = np.array([1 if p else 0 for _, _, p in self.clicks], np.int64)
-        self.mask_logits = self.transform.mask_to_model_logits(mask_prompt_with_clicks(mask, rc, labels))
+        self.mask_logits = self.transform.mask_to_model_logits(mask_prompt_with_clicks(mask, *self.click_arrays()))
 
-    def model_points(self) -> np.ndarray:
-        """(N, 2) click positions in model (x, y)."""
+    def click_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The clicks as (N, 2) slice (row, col) float64 and (N,) int64 labels (1 positive, 0 negative)."""
         rc = np.array([[r, c] for r, c, _ in self.clicks], np.float64).reshape(-1, 2)
-        return self.transform.to_model_xy(rc)
-
-    def model_box(self) -> tuple[float, float, float, float] | None:
-        return None if self.box_rc is None else self.transform.box_rc_to_model(*self.box_rc)
+        return rc, np.array([1 if p else 0 for _, _, p in self.clicks], np.int64)
 
 
 def random_interior_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:

@@ -22,7 +22,7 @@ from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
-from ..engine.focus import DEFAULT_FOCUS, FocusPolicy
+from ..engine.focus import FocusPolicy
 from ..errors import MedSAMAdapterError
 from ..scene import ModelSettings, SceneController
 from .effect import MedSamEffect
@@ -167,12 +167,14 @@ class MedSamWebApp(TrameApp):
         state = self.state
         state.trame__title = "MedSAM Adapter"
         auto = self.session.auto_model_choices()
+        controller = self.session.controller  # the switches start from its settings
         state.update({
             "status": {}, "segments": [], "active_segment": None, "can_undo": False, "can_redo": False,
             "message": "", "error": "", "busy": False, "negative_mode": False, "volume_name": "", "last_view": "",
             "embedding": {"done": 0, "total": 0, "running": False, "error": ""},
             "auto_models": auto, "auto_model": auto[0] if auto else None, "auto_refine": False,
-            "auto_turns": False, "names_as_text": True, "zoom_small_objects": DEFAULT_FOCUS is not None,
+            "auto_turns": False, "names_as_text": controller.names_as_text,
+            "zoom_small_objects": controller.focus is not None,
             "auto_reason": self.session.auto_unavailable_reason(),
             "server_path": "", "server_files": self.data_roots.listing() if self.data_roots else [],
             "data_dirs": [str(r) for r in self.data_roots.roots], "save_name": "segmentation.seg.nrrd",
