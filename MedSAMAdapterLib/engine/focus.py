@@ -1,11 +1,13 @@
-"""Focus (zoom-in) for corrective clicks on small objects.
+"""Focus (zoom-in) on small objects: boxes and corrective clicks answered on a window around the object.
 
 A model answers on a fixed grid: LiteMedSAM sees a plane at 256 px and returns 64 x 64 logits, so a 36-px
-prostate on a 384-px MR slice is about 6 x 6 answer cells, and a rib on a 512-px CT slice is one or two. Once
-the first click has produced a mask, the object's extent is known; the next clicks are then answered on a square
-window around the mask and the clicks, resized to the model input (the zoom-in of RITM and FocalClick). The
-window costs one encoder pass; it is kept while the object stays well inside it and does not shrink much, so a
-run of clicks on one object reuses one embedding.
+prostate on a 384-px MR slice is about 6 x 6 answer cells, and a rib on a 512-px CT slice is one or two. Where
+the object's extent is known - a box, or the mask the first click produced - the prediction can be made on a
+square window around it, resized to the model input (the zoom-in of RITM and FocalClick), and pasted back.
+A box is answered on the whole plane first and redone on its window only when that answer is empty or leaks out
+of the box: magnified, objects the model already gets right often lose. A window costs one encoder pass; for
+corrective clicks it is kept while the object stays well inside it and does not shrink much, so a run of clicks
+on one object reuses one embedding. The first click has no extent, so it is answered on the whole plane.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from .prompts import SlicePrompts
 
 
 TRAINING_MARGINS = (0.25, 0.4, 0.7)  # around the session's default margin: inference windows vary with the mask
+# Training windows (``finetune --prompts ...,focus=F``) magnify any object under 2/3 of the plane, up to 4x - as v4
+# was trained - so the adapter sees the magnified view of mid-sized objects too, not only inference's small ones.
+TRAINING_ZOOM = {"min_zoom": 1.5, "max_zoom": 4.0}
 KEPT_WINDOW_MAX_RATIO = 1.5  # a window is kept for the next click while at most this much larger than a fresh one
 
 
@@ -47,9 +52,13 @@ class Window:
         return self.r0 <= r0 and self.c0 <= c0 and r1 < self.r1 and c1 < self.c1
 
     def crop_prompts(self, prompts: SlicePrompts) -> SlicePrompts:
-        """Clicks (and the mask-prompt flag) in window coordinates; a box is never zoomed, so none is kept."""
+        """Clicks, box and the mask-prompt flag in window coordinates."""
         points = np.asarray(prompts.points_rc, np.float32) - np.array([self.r0, self.c0], np.float32)
-        return SlicePrompts(points, prompts.point_labels, None, prompts.use_previous_mask)
+        box = None
+        if prompts.box_rc is not None:
+            r0, c0, r1, c1 = prompts.box_rc
+            box = (r0 - self.r0, c0 - self.c0, r1 - self.r0, c1 - self.c0)
+        return SlicePrompts(points, prompts.point_labels, box, prompts.use_previous_mask)
 
     def paste(self, plane: np.ndarray, window_mask: np.ndarray) -> np.ndarray:
         """``plane`` with the window's pixels replaced by ``window_mask`` (a copy)."""
@@ -63,20 +72,30 @@ class FocusPolicy:
     """When and how far to zoom.
 
     ``margin``: context on each side of the object, as a fraction of its larger side (the model needs to see
-    what surrounds an object to find its border). ``min_zoom``: zoom only when the window magnifies at least
-    this much over the whole plane (below it the extra encoder pass buys little). ``max_zoom``: never magnify more
-    (a handful of pixels blown up to 256 shows the model texture it was never trained on).
+    what surrounds an object to find its border). ``min_zoom``: corrective clicks zoom only when the object with
+    its margins is at most 1 / ``min_zoom`` of the plane's larger side; ``box_min_zoom``: the same for boxes.
+    ``max_zoom``: never magnify more (a handful of pixels blown up to 256 shows the model texture it was never
+    trained on). ``max_spill``: a box is first answered on the whole plane, and that answer is kept unless more
+    than this fraction of it lies outside the box (or it is empty). Magnified, objects the model already gets
+    right often lose (it picks an inner structure), while an answer that leaks out of a tight box has lost the
+    object; clicks have no such check, hence their stricter size limit (README "Zoom in on small objects").
     """
 
-    margin: float = 0.4
-    min_zoom: float = 1.5
-    max_zoom: float = 4.0
+    margin: float = 0.5
+    min_zoom: float = 5.0
+    max_zoom: float = 8.0
+    box_min_zoom: float = 2.5
+    max_spill: float = 0.1
 
     def __post_init__(self) -> None:
         if self.margin < 0:
             raise InputError(f"focus margin must be >= 0, got {self.margin}")
-        if not 1.0 <= self.min_zoom <= self.max_zoom:
-            raise InputError(f"focus zoom limits need 1 <= min_zoom <= max_zoom, got {self.min_zoom}, {self.max_zoom}")
+        for name in ("min_zoom", "box_min_zoom"):
+            if not 1.0 <= getattr(self, name) <= self.max_zoom:
+                raise InputError(f"focus zoom limits need 1 <= {name} <= max_zoom, got {getattr(self, name)}, "
+                                 f"{self.max_zoom}")
+        if not 0.0 <= self.max_spill <= 1.0:
+            raise InputError(f"focus max_spill must be in [0, 1], got {self.max_spill}")
 
     @classmethod
     def parse(cls, text: str | None) -> "FocusPolicy | None":
@@ -110,13 +129,32 @@ class FocusPolicy:
         extent, with half the margin, still fits in it and it has not become much too large for the object.
         """
         extent = _extent(mask, points_rc)
-        if extent is None:
-            return None
-        height, width = mask.shape
+        return None if extent is None else self._fit(extent, mask.shape, self.min_zoom, previous)
+
+    def box_window(self, box_rc: tuple[float, float, float, float], points_rc: np.ndarray,
+                   plane_shape: tuple[int, int]) -> Window | None:
+        """The window for a box prompt (the box and any clicks given with it), or None to use the whole plane."""
+        r0, c0, r1, c1 = box_rc
+        corners = np.array([[r0, c0], [r1, c1]], np.float64)
+        extent = _extent(np.zeros((0, 0), bool), np.concatenate([corners, np.asarray(points_rc).reshape(-1, 2)]))
+        return self._fit(extent, plane_shape, self.box_min_zoom, None)  # type: ignore[arg-type]
+
+    def doubts_box_answer(self, mask: np.ndarray, box_rc: tuple[float, float, float, float]) -> bool:
+        """True when a box's whole-plane answer is empty or spills out of the box by more than ``max_spill``."""
+        area = int(np.count_nonzero(mask))
+        if area == 0:
+            return True
+        r0, c0, r1, c1 = (int(round(v)) for v in box_rc)
+        inside = int(np.count_nonzero(mask[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1]))
+        return (area - inside) / area > self.max_spill
+
+    def _fit(self, extent: tuple[float, float, float, float], plane_shape: tuple[int, int], min_zoom: float,
+             previous: Window | None) -> Window | None:
+        height, width = plane_shape
         r0, c0, r1, c1 = extent
         side_needed = max(r1 - r0 + 1, c1 - c0 + 1)
         side = max(side_needed * (1.0 + 2.0 * self.margin), max(height, width) / self.max_zoom)
-        if max(height, width) / side < self.min_zoom:
+        if max(height, width) / side < min_zoom:
             return None
         half_margin = self.margin * side_needed / 2.0
         if previous is not None and previous.contains(r0 - half_margin, c0 - half_margin, r1 + half_margin,
@@ -151,7 +189,6 @@ def _placed(center: float, side: int, size: int) -> tuple[int, int]:
     return start, start + side
 
 
-# Off by default: with the shipped adapters, zoomed answers are better on small organs (CT and MR slices) but worse
-# on mid-sized objects (breast lesions, polyps, the prostate), where the magnified view makes the model pick an
-# inner structure (README "Zoom in on small objects").
-DEFAULT_FOCUS: FocusPolicy | None = None
+# On by default: boxes whose whole-slice answer leaks out of the box, on objects under a fifth of the slice, and
+# corrective clicks on such objects (README "Zoom in on small objects").
+DEFAULT_FOCUS: FocusPolicy | None = FocusPolicy()

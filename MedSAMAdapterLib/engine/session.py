@@ -156,7 +156,7 @@ class InteractiveSession:
     def predict_slice(self, axis: int, index: int, prompts: SlicePrompts) -> SliceResult:
         """The model's mask for ``prompts`` on one slice, without touching any segment (no previous mask)."""
         with self._lock:
-            return self._predict(axis, index, prompts, None)
+            return self._predict(axis, index, prompts, None, window=self._box_window(axis, index, prompts))
 
     def segment_prompts(self, segment_id: str, prompts: VolumePrompts, axis: int) -> SliceResult:
         """Prompts in voxel indices (from RAS/LPS via ``geometry``) on the slice they lie on."""
@@ -214,6 +214,8 @@ class InteractiveSession:
                 break
             box = _grown_box(previous, policy)
             prompts = SlicePrompts(box_rc=box).clipped(previous.shape)
+            # Whole slices only: a box grown from the previous slice is loose, so an answer leaking out of it is no
+            # sign of a lost object, and zoomed propagation measured no better (README "Zoom in on small objects")
             result = self._predict(axis, index, prompts, None, self.text_prompt(segment_id))
             if not _continues(previous, result, policy):
                 break
@@ -234,21 +236,30 @@ class InteractiveSession:
 
     def _focus_window(self, segment_id: str, axis: int, index: int, prompts: SlicePrompts,
                       previous: np.ndarray) -> Window | None:
-        """The window for corrective clicks on this segment's slice (None: the whole plane).
+        """The zoom window for this prompt on this segment's slice (None: the whole plane).
 
-        Only clicks that refine an existing mask zoom: the first click has no extent yet, and a box is its own.
+        A box is its own extent. Clicks zoom only when they refine an existing mask (the first click has no
+        extent yet); their window is remembered per segment and slice so the next clicks can reuse it.
         """
         key = (segment_id, axis, index)
-        corrective = prompts.has_points and prompts.box_rc is None and prompts.use_previous_mask
-        if self.focus is None or not corrective or not previous.any():
+        if prompts.box_rc is not None:  # a box starts the object afresh
             self._focus_windows.pop(key, None)
-            return None
-        window = self.focus.window(previous, prompts.points_rc, self._focus_windows.get(key))
+            return self._box_window(axis, index, prompts)
+        window = None
+        if self.focus is not None and prompts.has_points and prompts.use_previous_mask and previous.any():
+            window = self.focus.window(previous, prompts.points_rc, self._focus_windows.get(key))
         if window is None:
             self._focus_windows.pop(key, None)
         else:
             self._focus_windows[key] = window
         return window
+
+    def _box_window(self, axis: int, index: int, prompts: SlicePrompts) -> Window | None:
+        if self.focus is None or prompts.box_rc is None:
+            return None
+        shape = self.embedder.transform(axis, index).original_hw
+        prompts.validate(shape)  # before any window arithmetic on the box
+        return self.focus.box_window(prompts.clipped(shape).box_rc, prompts.points_rc, shape)
 
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
                  text: str | None = None, window: Window | None = None) -> SliceResult:
@@ -257,16 +268,21 @@ class InteractiveSession:
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
-        if window is None:
+        if window is None or prompts.box_rc is not None:
+            # A box is answered on the whole plane first; its window only when that answer lost the object
             mask, iou = self._decode(self.embedder.embedding(axis, index), plane, prompts,
                                      previous if has_previous else None, text)
-            return SliceResult(mask, iou, axis, index, text)
-        # Answered on the focus window, then pasted into the whole plane (``previous`` outside the window stays)
+            if window is None or not self.focus.doubts_box_answer(mask, prompts.box_rc):  # type: ignore[union-attr]
+                return SliceResult(mask, iou, axis, index, text)
+        # Answered on the focus window, then pasted into the plane: into the mask being refined (it stays as it
+        # was outside the window), or into an empty plane for a fresh prompt such as a box
         mask, iou = self._decode(self.embedder.window_embedding(axis, index, window),
                                  self.embedder.transform(axis, index, window), window.crop_prompts(prompts),
                                  previous[window.slices] if has_previous else None, text)  # type: ignore[index]
+        refined = prompts.use_previous_mask and has_previous
+        base = previous if refined else np.zeros(plane_shape, bool)
         zoom = max(plane_shape) / max(window.shape)
-        return SliceResult(window.paste(previous, mask), iou, axis, index, text, zoom)
+        return SliceResult(window.paste(base, mask), iou, axis, index, text, zoom)
 
     def _decode(self, embedding: torch.Tensor, transform: SliceTransform, prompts: SlicePrompts,
                 previous: np.ndarray | None,

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..engine.atomic import write_text_atomic
-from ..engine.focus import TRAINING_MARGINS, FocusPolicy
+from ..engine.focus import TRAINING_MARGINS, TRAINING_ZOOM, FocusPolicy
 from ..engine.preprocessing import SliceTransform, prepare_slice, resize_bilinear
 from ..errors import InputError
 from ..evaluation.clicks import first_click, next_click, tight_box
@@ -320,13 +320,13 @@ class Trainer:
         return items
 
     def _maybe_focused(self, sample: SliceSample, rng: np.random.Generator) -> SliceSample:
-        """With the policy's focus share, the sample seen through the window a session zooms to for corrective
-        clicks (``engine/focus.py``), so the adapter learns the magnified view; large objects are never zoomed."""
+        """With the policy's focus share, the sample seen through a window around its target like those a session
+        zooms to (``engine/focus.py``), so the adapter learns the magnified view; large objects are never zoomed."""
         share = self.config.prompt.focus_fraction
         if share <= 0 or rng.random() >= share or not sample.target.any():
             return sample
         margin = float(rng.choice(TRAINING_MARGINS))
-        window = FocusPolicy(margin=margin).window(sample.target, np.zeros((0, 2)))
+        window = FocusPolicy(margin=margin, **TRAINING_ZOOM).window(sample.target, np.zeros((0, 2)))
         return sample if window is None else sample.focused(window)
 
     def _train_step(self, epoch: int, step: int) -> tuple[float, float, int]:

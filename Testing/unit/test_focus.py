@@ -1,4 +1,5 @@
-"""Focus (zoom-in) for corrective clicks: window choice, exact coordinates through the window, embedding reuse."""
+"""Focus (zoom-in) on small objects: window choice for clicks and boxes, exact coordinates through the window,
+embedding reuse, propagation."""
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def test_parse(text, expected):
     assert FocusPolicy.parse(text) == expected
 
 
-@pytest.mark.parametrize("text", ["zoom=2", "margin=x", "margin=-1", "min_zoom=5,max_zoom=4"])
+@pytest.mark.parametrize("text", ["zoom=2", "margin=x", "margin=-1", "min_zoom=5,max_zoom=4", "box_min_zoom=9",
+                                  "max_spill=1.5"])
 def test_parse_rejects_bad_settings(text):
     with pytest.raises(InputError):
         FocusPolicy.parse(text)
@@ -155,3 +157,94 @@ def test_a_negative_click_is_painted_out_of_the_mask_prompt():
     first = _click(session, segment, [(48, 48)], [1])
     second = _click(session, segment, [(48, 48), (50, 56)], [1, 0])
     assert first[50, 56] and not second[50, 56] and second[48, 40]
+
+
+def test_box_window_covers_box_and_clicks_and_only_small_boxes_zoom():
+    policy = FocusPolicy(margin=0.5, box_min_zoom=5, max_zoom=8)
+    none = np.zeros((0, 2))
+    window = policy.box_window((100, 100, 119, 109), none, (800, 800))
+    assert window.shape == (100, 100) and window.contains(100, 100, 119, 109)  # at most x8: 800 / 8
+    assert policy.box_window((100, 100, 129, 109), none, (200, 200)) is None  # 30 px + margins: 60 > 200 / 5
+    window = policy.box_window((100, 100, 119, 109), none, (200, 200))  # 20 px + two half-side margins: 40
+    assert window.shape == (40, 40) and window.contains(100, 100, 119, 109)
+    with_click = policy.box_window((100, 100, 119, 109), np.array([[116.0, 90.0]]), (300, 300))
+    assert with_click.shape == (40, 40) and with_click.contains(100, 90, 119, 109)
+
+
+def test_crop_prompts_moves_box_and_clicks_into_the_window():
+    prompts = SlicePrompts(np.array([[12.0, 30.0]], np.float32), np.array([1]), (10.0, 20.0, 15.0, 40.0), True)
+    cropped = Window(8, 16, 48, 56).crop_prompts(prompts)
+    assert cropped.box_rc == (2.0, 4.0, 7.0, 24.0)
+    assert np.array_equal(cropped.points_rc, [[4.0, 14.0]]) and cropped.use_previous_mask
+
+
+class SpillModel(EchoModel):
+    """Loses small boxes the way a coarse model does: a box under a quarter of the model input is answered with a
+    square three times its size (leaking out of it); larger boxes are filled as EchoModel does."""
+
+    def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
+        logits, iou = super().decode(embedding, points, labels, box, mask_logits, multimask, text)
+        if box is not None:
+            x0, y0, x1, y1 = box[0].tolist()
+            if max(x1 - x0, y1 - y0) < self.spec.image_size / 4:
+                scale = logits.shape[-1] / self.spec.image_size
+                cx, cy, half = (x0 + x1) / 2 * scale, (y0 + y1) / 2 * scale, 1.5 * max(x1 - x0, y1 - y0) * scale
+                yy, xx = torch.meshgrid(torch.arange(logits.shape[-1]) + 0.5, torch.arange(logits.shape[-1]) + 0.5,
+                                        indexing="ij")
+                logits[..., (abs(xx - cx) <= half) & (abs(yy - cy) <= half)] = 10.0
+        return logits, iou
+
+
+def test_doubts_box_answer_when_it_is_empty_or_spills_out_of_the_box():
+    policy = FocusPolicy(max_spill=0.1)
+    box = (10, 10, 19, 19)
+    mask = np.zeros((40, 40), bool)
+    assert policy.doubts_box_answer(mask, box)  # empty
+    mask[10:20, 10:20] = True
+    assert not policy.doubts_box_answer(mask, box)
+    mask[20, 10:15] = True  # 5 of 105 pixels outside
+    assert not policy.doubts_box_answer(mask, box)
+    mask[20:23, 10:20] = True  # 30 of 130 outside
+    assert policy.doubts_box_answer(mask, box)
+
+
+def test_a_box_answer_that_spills_is_redone_on_a_window_in_place():
+    box_mask = np.zeros((128, 128), bool)
+    box_mask[61:67, 70:76] = True
+    volume = make_volume(np.random.default_rng(0).random((1, 128, 128)).astype(np.float32))
+    for focus, zoomed in ((FocusPolicy(margin=0.5, box_min_zoom=2.5, max_zoom=8), True), (None, False)):
+        model = SpillModel(image_size=64)
+        session = InteractiveSession(volume, model, cache=EmbeddingCache(use_disk=False), focus=focus)
+        segment = session.add_segment("rib")
+        result = session.segment_slice(segment, 0, 0, SlicePrompts(box_rc=(61, 70, 66, 75)))
+        assert result.zoom == (8.0 if zoomed else 1.0) and model.encode_calls == (2 if zoomed else 1)
+        # zoomed x8, the box spans 24 of 64 model pixels: filled cell by cell (one plane pixel per cell)
+        assert result.mask[61:66, 70:75].all() and (not result.mask[~box_mask].any()) == zoomed
+        assert (segment, 0, 0) not in session._focus_windows  # a box window is not kept for clicks
+
+
+def test_a_box_answer_inside_the_box_is_kept_without_zooming():
+    session, model = _session(FocusPolicy(margin=0.5, box_min_zoom=2.5, max_zoom=8))
+    segment = session.add_segment("node")
+    result = session.segment_slice(segment, 0, 0, SlicePrompts(box_rc=(64, 72, 71, 79)))  # one 8-px answer cell
+    assert result.zoom == 1.0 and model.encode_calls == 1
+    inside = np.zeros((128, 128), bool)
+    inside[64:72, 72:80] = True
+    assert result.mask.any() and not result.mask[~inside].any()
+
+
+def test_propagation_answers_on_whole_slices():
+    """A box grown from the previous slice is loose, so a leaking answer there is no sign of a lost object."""
+    from MedSAMAdapterLib.engine.session import PropagationPolicy
+
+    volume = make_volume(np.random.default_rng(0).random((5, 128, 128)).astype(np.float32))
+    model = SpillModel(image_size=64)
+    session = InteractiveSession(volume, model, cache=EmbeddingCache(use_disk=False),
+                                 focus=FocusPolicy(margin=0.5, box_min_zoom=2.5, max_zoom=8))
+    segment = session.add_segment("rib")
+    assert session.segment_slice(segment, 0, 2, SlicePrompts(box_rc=(61, 70, 66, 75))).zoom == 8.0
+    permissive = PropagationPolicy(max_area_growth=100.0, min_iou=0.0, min_overlap_dice=0.0)
+    assert sorted(session.propagate(segment, 0, 2, policy=permissive, limits=(1, 3))) == [1, 3]
+    assert model.encode_calls == 4  # the start slice and its window, then two whole slices
+    areas = session.segment_mask(segment).sum(axis=(1, 2))
+    assert areas[1] > 2 * areas[2] and areas[3] > 2 * areas[2]  # the whole-slice answers leak: nothing redone

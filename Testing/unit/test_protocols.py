@@ -330,6 +330,7 @@ def test_clicks_protocol_records_the_sessions_focus(tmp_path):
             root, "clicks", "stand-in", out_dir=tmp_path / f"ev{focus is None}", progress=False,
             session_factory=lambda volume: InteractiveSession(volume, BrightRegionModel(), focus=focus),
             save_predictions=False)
-        expected = None if focus is None else {"margin": 0.5, "min_zoom": 1.5, "max_zoom": 4.0}
+        expected = None if focus is None else {"margin": 0.5, "min_zoom": 5.0, "max_zoom": 8.0, "box_min_zoom": 2.5,
+                                               "max_spill": 0.1}
         assert summary["complete"] and summary["focus"] == expected
         assert all(case["focus"] == expected for case in summary["cases"])
