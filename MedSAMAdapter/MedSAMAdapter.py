@@ -85,8 +85,8 @@ Builds on segment-anything (Meta AI, Apache-2.0) and LiteMedSAM (Bo Wang lab, Ap
 class MedSAMAdapterParameterNode:
     """inputVolume / segmentation: the nodes segmented; model, adapterPath, intensity, device: the network;
     overlap: what a result may do to other segments; namesAsText: segment names go with the prompts as text when
-    the adapter knows them; zoomSmallObjects: corrective clicks on a small object are answered on a zoomed window
-    around it; recipe, epochs, runDirectory: fine-tuning."""
+    the adapter knows them; zoomSmallObjects: a box, or corrective clicks, on a small object are answered on a
+    zoomed window around it; recipe, epochs, runDirectory: fine-tuning."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
@@ -96,7 +96,7 @@ class MedSAMAdapterParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     overlap: Annotated[str, Choice(OVERLAPS)] = "keep_others"
     namesAsText: bool = True
-    zoomSmallObjects: bool = False
+    zoomSmallObjects: bool = True
     recipe: Annotated[str, Choice(RECIPES)] = "decoder"
     epochs: Annotated[int, WithinRange(1, 1000)] = 10
     runDirectory: pathlib.Path

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .engine.focus import DEFAULT_FOCUS
+from .engine.focus import DEFAULT_FOCUS, FocusPolicy
 from .errors import InputError, MedSAMAdapterError
 
 EXIT_USAGE = 2
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="segment name written into .seg.nrrd; also the text prompt when the adapter knows it "
                               "(e.g. optic_cup, liver: `medsam-adapter info` lists the names)")
     add_names_argument(segment)
+    add_focus_argument(segment)
     segment.add_argument("--overlay", type=Path, help="overlay PNG path (default: beside the output)")
     segment.set_defaults(handler=run_segment)
 
@@ -209,9 +210,9 @@ def add_names_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_focus_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--focus", default=None, metavar="on|off|margin=M,min_zoom=A,max_zoom=B",
-                        help="answer corrective clicks on a small object on a zoomed window around it (one more "
-                             "encoder pass per window; engine/focus.py); default: "
+    parser.add_argument("--focus", default=None, metavar="on|off|margin=M,min_zoom=A,max_zoom=B,box_min_zoom=C,max_spill=S",
+                        help="answer a box whose answer leaks out of it, and corrective clicks, on a small object on "
+                             "a zoomed window around it (one more encoder pass per window; engine/focus.py); default: "
                              f"{'on' if DEFAULT_FOCUS is not None else 'off'}, as in Slicer and the web app")
 
 
@@ -225,7 +226,7 @@ def load_session(args, volume):
     cache = None if args.no_cache else EmbeddingCache()
     return InteractiveSession(volume, model, cache=cache, intensity=IntensityPolicy.parse(args.intensity),
                               names_as_text=getattr(args, "names_as_text", True),
-                              focus=DEFAULT_FOCUS)
+                              focus=FocusPolicy.parse(getattr(args, "focus", None)))
 
 
 def progress_bar(description: str):

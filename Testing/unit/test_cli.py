@@ -43,6 +43,22 @@ def test_segment_writes_seg_nrrd_and_overlay(tmp_path, volume_file, tiny_in_regi
     assert header.GetMetaData("Segment0_Name") == "tumour"
 
 
+def test_segment_focus_flag(tmp_path, volume_file, tiny_in_registry, monkeypatch, capsys):
+    from MedSAMAdapterLib.engine.focus import DEFAULT_FOCUS, FocusPolicy
+
+    sessions = []
+    load = cli.load_session
+    monkeypatch.setattr(cli, "load_session", lambda args, volume: sessions.append(load(args, volume)) or sessions[-1])
+    box = ["--box", "12,10,3,27,29,3", "--model", "tiny-test", "--no-cache"]
+    for flags, expected in (([], DEFAULT_FOCUS), (["--focus", "off"], None),
+                            (["--focus", "min_zoom=2"], FocusPolicy(min_zoom=2.0))):
+        code, _, err = run(["segment", volume_file, "-o", tmp_path / "seg.nii.gz", *box, *flags], capsys)
+        assert code == 0, err
+        assert sessions[-1].focus == expected
+    code, _, err = run(["segment", volume_file, "-o", tmp_path / "seg.nii.gz", *box, "--focus", "zoom=3"], capsys)
+    assert code != 0 and "focus" in err
+
+
 def test_physical_coordinates_are_accepted(tmp_path, volume_file, tiny_in_registry, capsys):
     out = tmp_path / "seg.nii.gz"
     # voxel (20, 20, 3) in RAS: LPS (16, 16, 6) with identity direction -> RAS (-16, -16, 6)

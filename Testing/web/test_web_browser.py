@@ -68,10 +68,10 @@ def test_click_box_and_undo_in_the_browser(server):
         status = wait_until(lambda: (s := server.status())["segments"][1]["voxels"] == 0 and s, 30,
                             what="undo to empty the box segment")
         assert status["segments"][0]["voxels"] == first["voxels"] and status["can_redo"]
-        # the prompting switches reach the server (zoom on small objects is off by default)
-        assert status["prompting"] == {"names_as_text": True, "zoom": False}
+        # the prompting switches reach the server (zoom on small objects is on by default)
+        assert status["prompting"] == {"names_as_text": True, "zoom": True}
         page.click("#medsam-zoom-small-objects")
-        wait_until(lambda: server.status()["prompting"]["zoom"] is True, 20, what="the zoom switch to turn on")
+        wait_until(lambda: server.status()["prompting"]["zoom"] is False, 20, what="the zoom switch to turn off")
         time.sleep(0.5)
         assert page.locator("#medsam-error").count() == 0
 

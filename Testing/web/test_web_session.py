@@ -203,3 +203,14 @@ def test_with_zoom_on_a_corrective_click_says_how_far_it_zoomed(tmp_path, ball_f
     _, xy2 = view_at(web, "Axial", (24, 20, 12))
     web.gesture(matrix, Gesture("click", (xy2,), 1))
     assert "zoomed x" in web.status()["last"]["message"], web.status()["last"]
+
+
+def test_a_box_on_a_small_object_is_zoomed_by_default_and_the_status_says_so(session):
+    from MedSAMAdapterLib.engine.focus import DEFAULT_FOCUS
+
+    assert session.controller.focus == DEFAULT_FOCUS is not None  # the page's switch starts on
+    matrix, centre = view_at(session, "Axial", (22, 20, 12))
+    for half, zoomed in ((2, True), (30, False)):  # 2 x 3 voxels on a 40 x 44 slice, then most of it
+        corners = ((centre[0] - half, centre[1] - half), (centre[0] + half, centre[1] + half))
+        session.gesture(matrix, Gesture("box", corners))
+        assert ("zoomed x" in session.status()["last"]["message"]) is zoomed, session.status()["last"]
