@@ -103,7 +103,7 @@ def _run_table(summary: Mapping[str, Any]) -> list[str]:
     elif "text_prompts" in summary:
         rows.append(("text prompts", ", ".join(summary["text_prompts"]) or "none (names unknown to the adapter, "
                                                                            "or --no-names)"))
-    if summary.get("protocol") == "clicks" and "focus" in summary:
+    if summary.get("protocol") in ("clicks", "box") and "focus" in summary:
         focus = summary["focus"]
         rows.append(("zoom on small objects", "off" if focus is None else
                      ", ".join(f"{k} {v:g}" for k, v in focus.items())))

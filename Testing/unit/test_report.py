@@ -92,6 +92,10 @@ def test_box_summary_has_no_click_plot_and_flags_incomplete_runs(tmp_path):
     write_report(summary, tmp_path)
     text = (tmp_path / "report.md").read_text()
     assert "Incomplete run" in text and "| liver | 1 | 0.900 |" in text and "0.450" in text
+    assert "zoom on small objects" not in text  # a summary from before zoom existed says nothing about it
+    summary["focus"] = {"margin": 0.5, "box_min_zoom": 2.5, "max_spill": 0.1}  # boxes zoom too
+    text = write_report(summary, tmp_path / "zoomed").read_text()
+    assert "| zoom on small objects | margin 0.5, box_min_zoom 2.5, max_spill 0.1 |" in text
     assert (tmp_path / "dice_per_label.png").exists() and not (tmp_path / "dice_vs_clicks.png").exists()
 
 
