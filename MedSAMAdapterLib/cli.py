@@ -210,7 +210,8 @@ def add_names_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_focus_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--focus", default=None, metavar="on|off|margin=M,min_zoom=A,max_zoom=B,box_min_zoom=C,max_spill=S",
+    parser.add_argument("--focus", default=None,
+                        metavar="on|off|margin=M,min_zoom=A,max_zoom=B,box_min_zoom=C,max_spill=S",
                         help="answer a box whose answer leaks out of it, and corrective clicks, on a small object on "
                              "a zoomed window around it (one more encoder pass per window; engine/focus.py); default: "
                              f"{'on' if DEFAULT_FOCUS is not None else 'off'}, as in Slicer and the web app")
