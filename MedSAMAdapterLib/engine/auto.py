@@ -252,7 +252,9 @@ class AutoSegmenter:
 
     def refine_session(self, volume: Volume, refiner: Any) -> Any:
         """An interactive session of the promptable model ``refiner`` (``open_box_refiner``) on ``volume``, with
-        this model's intensity policy and embedding cache (a base-model refiner reuses the head's embeddings)."""
+        this model's intensity policy and embedding cache (a base-model refiner reuses the head's embeddings).
+        No zoom on small objects: refinement boxes are loose (component box + margin), like propagation's, where an
+        answer leaking out of the box says little about a lost object (README "Zoom in on small objects")."""
         from .preprocessing import IntensityPolicy
         from .session import InteractiveSession
 
