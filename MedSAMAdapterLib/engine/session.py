@@ -148,15 +148,16 @@ class InteractiveSession:
         with self._lock:
             segment = self._segment(segment_id)
             previous = geometry.slice_plane(segment.mask, axis, index)
-            window = self._focus_window(segment_id, axis, index, prompts, previous)
-            result = self._predict(axis, index, prompts, previous, self.text_prompt(segment_id), window)
+            window = self._click_window(segment_id, axis, index, prompts, previous)
+            result = self._predict(axis, index, prompts, previous, self.text_prompt(segment_id), window,
+                                   zoom_box=True)
             self._write_plane(segment_id, axis, index, result.mask)
             return result
 
     def predict_slice(self, axis: int, index: int, prompts: SlicePrompts) -> SliceResult:
         """The model's mask for ``prompts`` on one slice, without touching any segment (no previous mask)."""
         with self._lock:
-            return self._predict(axis, index, prompts, None, window=self._box_window(axis, index, prompts))
+            return self._predict(axis, index, prompts, None, zoom_box=True)
 
     def segment_prompts(self, segment_id: str, prompts: VolumePrompts, axis: int) -> SliceResult:
         """Prompts in voxel indices (from RAS/LPS via ``geometry``) on the slice they lie on."""
@@ -214,8 +215,8 @@ class InteractiveSession:
                 break
             box = _grown_box(previous, policy)
             prompts = SlicePrompts(box_rc=box).clipped(previous.shape)
-            # Whole slices only: a box grown from the previous slice is loose, so an answer leaking out of it is no
-            # sign of a lost object, and zoomed propagation measured no better (README "Zoom in on small objects")
+            # No box zoom: a box grown from the previous slice is loose, so an answer leaking out of it is no sign
+            # of a lost object, and zoomed propagation measured no better (README "Zoom in on small objects")
             result = self._predict(axis, index, prompts, None, self.text_prompt(segment_id))
             if not _continues(previous, result, policy):
                 break
@@ -234,19 +235,18 @@ class InteractiveSession:
         name = self._segment(segment_id).name
         return name if self.names_as_text and understood(self.model, name) else None
 
-    def _focus_window(self, segment_id: str, axis: int, index: int, prompts: SlicePrompts,
+    def _click_window(self, segment_id: str, axis: int, index: int, prompts: SlicePrompts,
                       previous: np.ndarray) -> Window | None:
-        """The zoom window for this prompt on this segment's slice (None: the whole plane).
+        """The zoom window for corrective clicks on this segment's slice (None: the whole plane).
 
-        A box is its own extent. Clicks zoom only when they refine an existing mask (the first click has no
-        extent yet); their window is remembered per segment and slice so the next clicks can reuse it.
+        Clicks zoom only when they refine an existing mask (the first click has no extent yet); their window is
+        remembered per segment and slice so the next clicks can reuse it. A box starts the object afresh (its own
+        window, if any, is chosen in ``_predict``).
         """
         key = (segment_id, axis, index)
-        if prompts.box_rc is not None:  # a box starts the object afresh
-            self._focus_windows.pop(key, None)
-            return self._box_window(axis, index, prompts)
+        corrective = prompts.box_rc is None and prompts.has_points and prompts.use_previous_mask
         window = None
-        if self.focus is not None and prompts.has_points and prompts.use_previous_mask and previous.any():
+        if self.focus is not None and corrective and previous.any():
             window = self.focus.window(previous, prompts.points_rc, self._focus_windows.get(key))
         if window is None:
             self._focus_windows.pop(key, None)
@@ -254,25 +254,23 @@ class InteractiveSession:
             self._focus_windows[key] = window
         return window
 
-    def _box_window(self, axis: int, index: int, prompts: SlicePrompts) -> Window | None:
-        if self.focus is None or prompts.box_rc is None:
-            return None
-        shape = self.embedder.transform(axis, index).original_hw
-        prompts.validate(shape)  # before any window arithmetic on the box
-        return self.focus.box_window(prompts.clipped(shape).box_rc, prompts.points_rc, shape)
-
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
-                 text: str | None = None, window: Window | None = None) -> SliceResult:
+                 text: str | None = None, window: Window | None = None, zoom_box: bool = False) -> SliceResult:
+        """The model's answer on the plane, or on ``window`` (corrective clicks). With ``zoom_box`` and a focus
+        policy, a box on a small object is answered on the whole plane first and again on its window only when
+        that answer lost the object (propagation leaves it off: its grown boxes are loose)."""
         plane = self.embedder.transform(axis, index)
         plane_shape = plane.original_hw
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
-        if window is None or prompts.box_rc is not None:
-            # A box is answered on the whole plane first; its window only when that answer lost the object
+        if window is None:
             mask, iou = self._decode(self.embedder.embedding(axis, index), plane, prompts,
                                      previous if has_previous else None, text)
-            if window is None or not self.focus.doubts_box_answer(mask, prompts.box_rc):  # type: ignore[union-attr]
+            if not zoom_box or self.focus is None or prompts.box_rc is None:
+                return SliceResult(mask, iou, axis, index, text)
+            window = self.focus.box_window(prompts.box_rc, prompts.points_rc, plane_shape)
+            if window is None or not self.focus.doubts_box_answer(mask, prompts.box_rc):
                 return SliceResult(mask, iou, axis, index, text)
         # Answered on the focus window, then pasted into the plane: into the mask being refined (it stays as it
         # was outside the window), or into an empty plane for a fresh prompt such as a box
