@@ -530,7 +530,9 @@ def _boxThresholdModel():
             self.weights_sha256 = None
 
         def encode(self, images):
-            return (images[:, :1] * 58.395 + 123.675) / 255.0  # undo the SAM normalisation: brightness 0..1
+            brightness = (images[:, :1] * 58.395 + 123.675) / 255.0  # undo the SAM normalisation: 0..1
+            # a second channel gives the embedding a direction for propagation's appearance check
+            return torch.cat([brightness, 1.0 - brightness], dim=1)
 
         def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
             size = embedding.shape[-1]

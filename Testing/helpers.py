@@ -44,8 +44,10 @@ class BrightRegionModel(torch.nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self.encode_calls += len(images)
-        brightness = images[:, :1] * SAM_STD + SAM_MEAN  # channel 0 back on the 0..255 display scale
-        return brightness / 255.0
+        brightness = (images[:, :1] * SAM_STD + SAM_MEAN) / 255.0  # channel 0 back on the display scale, 0..1
+        # decode reads channel 0; the second gives the embedding a direction, which propagation's appearance
+        # check compares (bright answers look like a bright object, dark ones like its background)
+        return torch.cat([brightness, 1.0 - brightness], dim=1)
 
     def decode(self, embedding, points, labels, box, mask_logits, multimask, text=None):
         self.decode_calls += 1

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError, PromptError
 from . import geometry
+from .appearance import ObjectAppearance
 from .cache import EmbeddingCache
 from .embedder import BackgroundEmbedding, ProgressCallback, VolumeEmbedder
 from .focus import FocusPolicy, Window
@@ -66,7 +67,10 @@ class PropagationPolicy:
     A box always yields some mask, so the end of an object is detected from the result, not from emptiness:
     too small, shrinking too abruptly, growing too abruptly (the box grows with the mask, so a mask that fills
     its box would otherwise spread slice after slice through the volume; masks under ``growth_floor_px`` may
-    grow freely, as object ends do), low predicted IoU, or too little overlap with the previous slice.
+    grow freely, as object ends do), low predicted IoU, too little overlap with the previous slice, or an answer
+    that no longer looks like the object did on the start slice (``min_appearance_contrast``, engine/appearance.py:
+    a model that slips onto a neighbour passes every other check, since each answer agrees with the one before;
+    None turns it off).
     """
 
     min_area_px: int = 8
@@ -77,6 +81,7 @@ class PropagationPolicy:
     min_overlap_dice: float = 0.35
     box_margin_px: float = 2.0
     box_margin_fraction: float = 0.1  # objects grow between slices: let the box grow with them
+    min_appearance_contrast: float | None = 0.05
     max_slices: int | None = None
 
 
@@ -165,14 +170,15 @@ class InteractiveSession:
         return self.segment_slice(segment_id, axis, index, slice_prompts)
 
     def segment_box_3d(
-        self, segment_id: str, axis: int, box_rc: tuple[float, float, float, float], first: int, last: int
+        self, segment_id: str, axis: int, box_rc: tuple[float, float, float, float], first: int, last: int,
+        policy: PropagationPolicy | None = None,
     ) -> list[int]:
         """A 3D box: segment the middle slice with the box, then propagate inside the slice range only."""
         if not 0 <= first <= last < self.embedder.slice_count(axis):
             raise PromptError(f"slice range {first}..{last} is outside the volume along axis {axis}")
         middle = (first + last) // 2
         self.segment_slice(segment_id, axis, middle, SlicePrompts(box_rc=box_rc))
-        return [middle] + self.propagate(segment_id, axis, middle, limits=(first, last))
+        return [middle] + self.propagate(segment_id, axis, middle, policy=policy, limits=(first, last))
 
     def propagate(
         self,
@@ -196,16 +202,24 @@ class InteractiveSession:
             lo, hi = limits or (0, self.embedder.slice_count(axis) - 1)
             steps = {"forward": [1], "backward": [-1], "both": [1, -1]}[direction]
             proposed = segment.mask.copy()
+            appearance = self._appearance(axis, start_index, start_plane, policy)
             written: list[int] = []
             for step in steps:
-                written += self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy, proposed, progress)
+                written += self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy, proposed,
+                                                   appearance, progress)
             if written:
                 region = tuple(slice(min(written), max(written) + 1) if a == axis else slice(None) for a in range(3))
                 self._apply(segment_id, proposed[region], region)
             return written
 
+    def _appearance(self, axis: int, index: int, mask: np.ndarray,
+                    policy: PropagationPolicy) -> ObjectAppearance | None:
+        if policy.min_appearance_contrast is None:
+            return None
+        return ObjectAppearance.learn(self.embedder.embedding(axis, index), self.embedder.transform(axis, index), mask)
+
     def _propagate_one_way(
-        self, segment_id, axis, start, step, limits, policy, proposed, progress
+        self, segment_id, axis, start, step, limits, policy, proposed, appearance, progress
     ) -> list[int]:
         previous = geometry.slice_plane(proposed, axis, start).copy()
         written: list[int] = []
@@ -217,9 +231,14 @@ class InteractiveSession:
             prompts = SlicePrompts(box_rc=box).clipped(previous.shape)
             # No box zoom: a box grown from the previous slice is loose, so an answer leaking out of it is no sign
             # of a lost object, and zoomed propagation measured no better (README "Zoom in on small objects")
-            result = self._predict(axis, index, prompts, None, self.text_prompt(segment_id))
+            embedding = self.embedder.embedding(axis, index)  # fetched once: the decoder and the appearance check
+            result = self._predict(axis, index, prompts, None, self.text_prompt(segment_id), embedding=embedding)
             if not _continues(previous, result, policy):
                 break
+            if appearance is not None and policy.min_appearance_contrast is not None:
+                transform = self.embedder.transform(axis, index)
+                if appearance.contrast(embedding, transform, result.mask) < policy.min_appearance_contrast:
+                    break
             geometry.insert_plane(proposed, axis, index, result.mask)
             written.append(index)
             if progress:
@@ -255,17 +274,21 @@ class InteractiveSession:
         return window
 
     def _predict(self, axis: int, index: int, prompts: SlicePrompts, previous: np.ndarray | None,
-                 text: str | None = None, window: Window | None = None, zoom_box: bool = False) -> SliceResult:
+                 text: str | None = None, window: Window | None = None, zoom_box: bool = False,
+                 embedding: torch.Tensor | None = None) -> SliceResult:
         """The model's answer on the plane, or on ``window`` (corrective clicks). With ``zoom_box`` and a focus
         policy, a box on a small object is answered on the whole plane first and again on its window only when
-        that answer lost the object (propagation leaves it off: its grown boxes are loose)."""
+        that answer lost the object (propagation leaves it off: its grown boxes are loose). ``embedding``: the
+        plane's, when the caller already holds it."""
         plane = self.embedder.transform(axis, index)
         plane_shape = plane.original_hw
         has_previous = previous is not None and bool(previous.any())
         prompts.validate(plane_shape, has_previous_mask=has_previous)
         prompts = prompts.clipped(plane_shape)
         if window is None:
-            mask, iou = self._decode(self.embedder.embedding(axis, index), plane, prompts,
+            if embedding is None:
+                embedding = self.embedder.embedding(axis, index)
+            mask, iou = self._decode(embedding, plane, prompts,
                                      previous if has_previous else None, text)
             if not zoom_box or self.focus is None or prompts.box_rc is None:
                 return SliceResult(mask, iou, axis, index, text)

@@ -273,7 +273,7 @@ class SceneSegmenter:
             return self._run_slice(segment_id, axis, first, self._prompts.get(key, SlicePromptState()), state,
                                    refine=False, overlap=overlap, label="roi")
         engine_id = self._engine_segment(segment_id)
-        written = self.session.segment_box_3d(engine_id, axis, box_rc, first, last)
+        written = self.session.segment_box_3d(engine_id, axis, box_rc, first, last, policy=self.propagation)
         middle = (first + last) // 2
         mid_lo, mid_hi = lo.copy(), hi.copy()
         mid_lo[geo.slice_component(axis)] = mid_hi[geo.slice_component(axis)] = middle

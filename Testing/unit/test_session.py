@@ -9,7 +9,7 @@ import torch
 from MedSAMAdapterLib.engine import geometry
 from MedSAMAdapterLib.engine.cache import EmbeddingCache
 from MedSAMAdapterLib.engine.prompts import SlicePrompts, VolumePrompts
-from MedSAMAdapterLib.engine.session import InteractiveSession
+from MedSAMAdapterLib.engine.session import InteractiveSession, PropagationPolicy
 from MedSAMAdapterLib.errors import InputError, PromptError
 from Testing.conftest import make_volume, sphere_volume
 
@@ -157,12 +157,16 @@ def test_new_edit_clears_redo():
     assert not session.redo(s)
 
 
+# EchoModel fills any box, sphere or not, so the mechanics tests below turn the appearance check off
+BOX_FILLER_POLICY = PropagationPolicy(min_appearance_contrast=None)
+
+
 def test_propagation_follows_box_both_ways_as_one_undo_step():
     image, _ = sphere_volume(shape=(12, 40, 40))
     session = InteractiveSession(make_volume(image), EchoModel())
     s = session.add_segment("a")
     session.segment_slice(s, 0, 6, SlicePrompts(box_rc=(10, 10, 25, 25)))
-    written = session.propagate(s, 0, 6)
+    written = session.propagate(s, 0, 6, policy=BOX_FILLER_POLICY)
     assert sorted(written) == [i for i in range(12) if i != 6]
     assert session.segment_mask(s)[[0, 11]].any(axis=(1, 2)).all()
     session.undo(s)
@@ -181,7 +185,7 @@ def test_3d_box_is_limited_to_its_slice_range():
     image, _ = sphere_volume(shape=(12, 40, 40))
     session = InteractiveSession(make_volume(image), EchoModel())
     s = session.add_segment("a")
-    session.segment_box_3d(s, 0, (10, 10, 25, 25), 3, 8)
+    session.segment_box_3d(s, 0, (10, 10, 25, 25), 3, 8, policy=BOX_FILLER_POLICY)
     touched = np.nonzero(session.segment_mask(s).any(axis=(1, 2)))[0]
     assert touched.min() == 3 and touched.max() == 8
 
@@ -243,7 +247,7 @@ def test_bad_inputs_are_refused():
 
 def test_propagation_stops_when_the_mask_balloons():
     """A model that fills whatever box it gets must not spread through the volume as the box grows."""
-    from MedSAMAdapterLib.engine.session import PropagationPolicy, SliceResult, _continues
+    from MedSAMAdapterLib.engine.session import SliceResult, _continues
 
     policy = PropagationPolicy()
     previous = np.zeros((64, 64), bool)
@@ -257,3 +261,47 @@ def test_propagation_stops_when_the_mask_balloons():
     tiny = np.zeros_like(previous)
     tiny[20:27, 20:27] = True  # 49 px (under growth_floor_px): an object's end may grow fast
     assert _continues(tiny, SliceResult(steady, 0.9, 0, 1), policy)
+
+
+def test_appearance_contrast_tells_the_object_from_its_background():
+    from MedSAMAdapterLib.engine.appearance import ObjectAppearance
+    from MedSAMAdapterLib.engine.preprocessing import SliceTransform
+
+    transform = SliceTransform.for_shape((64, 32), 64)  # the image fills the left half of the 16 x 16 grid
+    embedding = torch.zeros(1, 3, 16, 16)
+    embedding[0, 0] = 1.0  # every cell shares a common component, as real embeddings do
+    embedding[0, 1, 4:8, 2:6] = 1.0  # the object's cells (slice rows 16..31, cols 8..23)
+    embedding[0, 2, :, 8:] = 5.0  # the padding: must weigh nothing
+    obj = np.zeros((64, 32), bool)
+    obj[16:32, 8:24] = True
+    appearance = ObjectAppearance.learn(embedding, transform, obj)
+    assert appearance.contrast(embedding, transform, obj) > 0.25
+    elsewhere = np.zeros_like(obj)
+    elsewhere[40:56, 8:24] = True
+    assert appearance.contrast(embedding, transform, elsewhere) < 0
+    assert appearance.contrast(embedding, transform, np.zeros_like(obj)) == float("-inf")
+    assert ObjectAppearance.learn(embedding, transform, np.ones_like(obj)) is None  # no background to compare
+
+
+class TissueModel(EchoModel):
+    """EchoModel whose embedding says which tissue each cell holds: the share of dark, mid and bright pixels,
+    plus a component all cells share."""
+
+    def encode(self, images):
+        self.encode_calls += len(images)
+        gray = images[:, :1]
+        bins = torch.cat([torch.ones_like(gray), gray < 0.25, (gray >= 0.25) & (gray < 0.75), gray >= 0.75], dim=1)
+        return torch.nn.functional.avg_pool2d(bins.float(), 16)
+
+
+def test_propagation_stops_where_the_object_ends_though_the_model_keeps_answering():
+    """EchoModel fills any box, so area and overlap never flag the object's end; what lies under the mask does."""
+    image = np.zeros((12, 64, 64), np.float32)
+    image[:, 40:, :] = 0.5  # a second tissue the growing box reaches
+    image[2:7, 20:36, 20:36] = 1.0  # the object spans slices 2..6
+    session = InteractiveSession(make_volume(image), TissueModel(image_size=128), cache=EmbeddingCache(use_disk=False))
+    s = session.add_segment("a")
+    session.segment_slice(s, 0, 4, SlicePrompts(box_rc=(20, 20, 35, 35)))
+    assert sorted(session.propagate(s, 0, 4, policy=BOX_FILLER_POLICY)) == [i for i in range(12) if i != 4]
+    session.undo(s)
+    assert sorted(session.propagate(s, 0, 4)) == [2, 3, 5, 6]
