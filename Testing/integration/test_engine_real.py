@@ -57,3 +57,29 @@ def test_physical_box_on_oblique_flipped_volume_contains_the_target(litemedsam, 
     assert mask[20, 24, 22], "the voxel at the box centre is not in the segment"
     truth_plane = geometry.slice_plane(ball, axis, result.index)
     assert dice_score(result.mask, truth_plane) > 0.85
+
+
+
+@requires_shared_data
+def test_propagation_stops_where_the_answer_stops_looking_like_the_lesion():
+    """With the shipped click adapter, box + propagation through this DeepLesion case runs off the lesion at its
+    ends (twice its volume); the appearance check stops it there (README "Propagation watches ...")."""
+    from MedSAMAdapterLib.data.nnunet import open_dataset, read_case
+    from MedSAMAdapterLib.engine.prompts import SlicePrompts
+    from MedSAMAdapterLib.engine.session import PropagationPolicy
+    from MedSAMAdapterLib.models.loading import open_model
+
+    dataset = open_dataset(SHARED_DATA / "Dataset004_DeepLesionCT")
+    volume, labels = read_case(dataset, "CT_Lesion_000009_03_01_036-048")
+    truth = np.asarray(labels) == 1
+    start = int(np.argmax(truth.sum(axis=(1, 2))))
+    session = InteractiveSession(volume, open_model("litemedsam"), cache=EmbeddingCache(use_disk=False))
+    scores = {}
+    for name, policy in {"blind": PropagationPolicy(min_appearance_contrast=None), "watching": None}.items():
+        segment = session.add_segment(f"lesion {name}")
+        session.segment_slice(segment, 0, start, SlicePrompts(box_rc=tight_box(truth[start])))
+        session.propagate(segment, 0, start, policy=policy)
+        predicted = session.segment_mask(segment)
+        scores[name] = dice_score(predicted, truth), predicted.sum() / truth.sum()
+    assert scores["blind"][1] > 1.5  # the run-off this guards against
+    assert scores["watching"][0] > scores["blind"][0] + 0.15 and scores["watching"][1] < 1.2
