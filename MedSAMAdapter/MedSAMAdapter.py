@@ -384,7 +384,10 @@ class MedSAMAdapterLogic(ScriptedLoadableModuleLogic):
         if segmentId is None:
             raise ValueError(_("Click or drag a box on the object first (Segment Editor, MedSAM effect)."))
         result = segmenter.propagate(segmentId)
-        return _("Propagated to {count} slices.").format(count=len(result.slices))
+        status = _("Propagated to {count} slices.").format(count=len(result.slices))
+        if result.stops:  # the reasons come from the engine, in English
+            status += " " + _("Stopped at {stops}.").format(stops="; ".join(result.stops))
+        return status
 
     def undo(self, parameterNode) -> str:
         return _("Undone.") if self.segmenter(parameterNode).undo() else _("Nothing to undo.")

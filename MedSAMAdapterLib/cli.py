@@ -340,7 +340,10 @@ def segment_with_prompts(session, segment_id: str, prompts, axis: int, propagate
     result = session.segment_prompts(segment_id, prompts, axis)
     written = [result.index]
     if propagate and not session.volume.is_2d:
-        written += session.propagate(segment_id, axis, result.index)
+        outcome = session.propagate_with_stops(segment_id, axis, result.index)
+        written += outcome.written
+        for stop in outcome.stops:
+            print(f"propagation stopped at {stop}")
     return written
 
 

@@ -41,6 +41,23 @@ class SliceResult:
     zoom: float = 1.0  # magnification of the focus window the model answered on (1: the whole plane)
 
 
+@dataclass(frozen=True)
+class Stop:
+    """Where one direction of propagation stopped: the first slice not written, and why."""
+
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"slice {self.index}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Propagation:
+    written: list[int]
+    stops: tuple[Stop, ...]
+
+
 @dataclass
 class Edit:
     """Voxels of one segment inside ``region`` before and after a change."""
@@ -191,6 +208,19 @@ class InteractiveSession:
         progress: ProgressCallback | None = None,
     ) -> list[int]:
         """Prompt each next slice with the box of the previous result until the object ends (one undo step)."""
+        return self.propagate_with_stops(segment_id, axis, start_index, direction, policy, limits, progress).written
+
+    def propagate_with_stops(
+        self,
+        segment_id: str,
+        axis: int,
+        start_index: int,
+        direction: str = "both",
+        policy: PropagationPolicy | None = None,
+        limits: tuple[int, int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> "Propagation":
+        """``propagate``, also saying where and why each direction stopped."""
         policy = policy or PropagationPolicy()
         if direction not in ("both", "forward", "backward"):
             raise InputError(f"direction must be both, forward or backward, not {direction!r}")
@@ -204,13 +234,16 @@ class InteractiveSession:
             proposed = segment.mask.copy()
             appearance = self._appearance(axis, start_index, start_plane, policy)
             written: list[int] = []
+            stops: list[Stop] = []
             for step in steps:
-                written += self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy, proposed,
-                                                   appearance, progress)
+                slices, stop = self._propagate_one_way(segment_id, axis, start_index, step, (lo, hi), policy,
+                                                       proposed, appearance, progress)
+                written += slices
+                stops += [stop] if stop is not None else []
             if written:
                 region = tuple(slice(min(written), max(written) + 1) if a == axis else slice(None) for a in range(3))
                 self._apply(segment_id, proposed[region], region)
-            return written
+            return Propagation(written, tuple(stops))
 
     def _appearance(self, axis: int, index: int, mask: np.ndarray,
                     policy: PropagationPolicy) -> ObjectAppearance | None:
@@ -220,7 +253,8 @@ class InteractiveSession:
 
     def _propagate_one_way(
         self, segment_id, axis, start, step, limits, policy, proposed, appearance, progress
-    ) -> list[int]:
+    ) -> tuple[list[int], Stop | None]:
+        """The slices written going one way, and why it stopped (None: the range or the slice limit ended)."""
         previous = geometry.slice_plane(proposed, axis, start).copy()
         written: list[int] = []
         index = start + step
@@ -233,19 +267,20 @@ class InteractiveSession:
             # of a lost object, and zoomed propagation measured no better (README "Zoom in on small objects")
             embedding = self.embedder.embedding(axis, index)  # fetched once: the decoder and the appearance check
             result = self._predict(axis, index, prompts, None, self.text_prompt(segment_id), embedding=embedding)
-            if not _continues(previous, result, policy):
-                break
-            if appearance is not None and policy.min_appearance_contrast is not None:
+            reason = _stop_reason(previous, result, policy)
+            if reason is None and appearance is not None and policy.min_appearance_contrast is not None:
                 transform = self.embedder.transform(axis, index)
                 if appearance.contrast(embedding, transform, result.mask) < policy.min_appearance_contrast:
-                    break
+                    reason = "the answer no longer looks like the object"
+            if reason is not None:
+                return written, Stop(index, reason)
             geometry.insert_plane(proposed, axis, index, result.mask)
             written.append(index)
             if progress:
                 progress(len(written), limits[1] - limits[0] + 1)
             previous = result.mask
             index += step
-        return written
+        return written, None
 
     def text_prompt(self, segment_id: str) -> str | None:
         """The segment's name when it is used as a text prompt (``names_as_text`` and the model knows it)."""
@@ -402,16 +437,17 @@ def _grown_box(mask: np.ndarray, policy: PropagationPolicy) -> tuple[float, floa
     return (r0 - grow_r, c0 - grow_c, r1 + grow_r, c1 + grow_c)
 
 
-def _continues(previous: np.ndarray, result: SliceResult, policy: PropagationPolicy) -> bool:
+def _stop_reason(previous: np.ndarray, result: SliceResult, policy: PropagationPolicy) -> str | None:
+    """Why the answer on the next slice ends propagation (None: it continues); the appearance check is separate."""
     area, previous_area = int(result.mask.sum()), int(previous.sum())
     if area < policy.min_area_px or area < policy.min_area_ratio * previous_area:
-        return False
+        return "the object ended (the mask shrank)"
     if previous_area >= policy.growth_floor_px and area > policy.max_area_growth * previous_area:
-        return False
+        return "the mask ballooned"
     if result.iou < policy.min_iou:
-        return False
+        return "the model was unsure (low predicted IoU)"
     overlap = 2.0 * np.logical_and(previous, result.mask).sum() / max(area + previous_area, 1)
-    return overlap >= policy.min_overlap_dice
+    return None if overlap >= policy.min_overlap_dice else "the mask jumped away from the previous slice"
 
 
 SessionFactory = Callable[[Volume], InteractiveSession]

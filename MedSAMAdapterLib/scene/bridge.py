@@ -93,6 +93,7 @@ class EditResult:
     iou: float | None = None
     text: str | None = None  # the segment name the model took as a text prompt
     zoom: float = 1.0  # magnification of the focus window the clicks were answered on (1: the whole slice)
+    stops: tuple[str, ...] = ()  # propagation: where and why each direction stopped ("slice 15: ...")
 
 
 @dataclass
@@ -319,9 +320,10 @@ class SceneSegmenter:
             axis = last[0] if axis is None else axis
             start_index = last[1] if start_index is None else start_index
         engine_id = self._engine_segment(segment_id)
-        written = self.session.propagate(engine_id, int(axis), int(start_index), direction, policy=self.propagation,
-                                         progress=progress)
-        return self._commit(segment_id, int(axis), written, overlap, "propagate")
+        outcome = self.session.propagate_with_stops(engine_id, int(axis), int(start_index), direction,
+                                                    policy=self.propagation, progress=progress)
+        result = self._commit(segment_id, int(axis), outcome.written, overlap, "propagate")
+        return replace(result, stops=tuple(str(stop) for stop in outcome.stops))
 
     def clear_prompts(self, segment_id: str | None = None) -> None:
         """Forget accumulated clicks / boxes (of one segment, or all); the segment masks stay as they are."""

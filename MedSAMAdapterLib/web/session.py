@@ -229,6 +229,8 @@ class WebSession:
         detail += f", text prompt '{text}'" if text else ""
         zoom = getattr(result, "zoom", 1.0)
         detail += f", zoomed x{zoom:.1f}" if zoom > 1.0 else ""
+        stops = getattr(result, "stops", ())
+        detail += f"; stopped at {'; '.join(stops)}" if stops else ""
         self.log.ok(f"{label}: {detail} in {elapsed * 1000:.0f} ms", elapsed)
         return result
 

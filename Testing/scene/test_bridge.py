@@ -165,6 +165,7 @@ def test_propagation_through_the_bridge_is_one_undo_step(world):
     single = segmenter.segment_mask(sid)
     result = segmenter.propagate(sid)
     assert result.axis == 0 and CENTER[0] not in result.slices and len(result.slices) >= 7  # the ball spans 9 slices
+    assert len(result.stops) == 2 and all("the object ended" in stop for stop in result.stops)  # said why, both ways
     assert dice(segmenter.segment_mask(sid), ball) > 0.95
     assert segmenter.undo() and np.array_equal(segmenter.segment_mask(sid), single)
     assert segmenter.redo() and dice(segmenter.segment_mask(sid), ball) > 0.95

@@ -141,3 +141,24 @@ def test_evaluate_focus_flag(tmp_path, monkeypatch, capsys):
         assert seen["focus"] == expected
     code, _, err = run(["evaluate", str(tmp_path), "--out", str(tmp_path / "ev"), "--focus", "zoom=3"], capsys)
     assert code != 0 and "focus" in err
+
+
+def test_segment_propagate_says_where_and_why_it_stopped(capsys):
+    from MedSAMAdapterLib.engine.cache import EmbeddingCache
+    from MedSAMAdapterLib.engine.prompts import VolumePrompts
+    from MedSAMAdapterLib.engine.session import InteractiveSession
+    from Testing.conftest import make_volume
+    from Testing.unit.test_session import TissueModel
+
+    image = np.zeros((12, 64, 64), np.float32)
+    image[:, 40:, :] = 0.5
+    image[2:7, 20:36, 20:36] = 1.0  # the object spans slices 2..6
+    session = InteractiveSession(make_volume(image), TissueModel(image_size=128), cache=EmbeddingCache(use_disk=False))
+    segment = session.add_segment("a")
+    box = (np.array([20.0, 20.0, 4.0]), np.array([35.0, 35.0, 4.0]))  # (i, j, k) corners on slice 4
+    written = cli.segment_with_prompts(session, segment, VolumePrompts(np.zeros((0, 3)), np.zeros(0, np.int64), box),
+                                       0, propagate=True)
+    assert sorted(written) == [2, 3, 4, 5, 6]
+    out = capsys.readouterr().out
+    assert "propagation stopped at slice 7: the answer no longer looks like the object" in out
+    assert "propagation stopped at slice 1:" in out

@@ -247,7 +247,7 @@ def test_bad_inputs_are_refused():
 
 def test_propagation_stops_when_the_mask_balloons():
     """A model that fills whatever box it gets must not spread through the volume as the box grows."""
-    from MedSAMAdapterLib.engine.session import SliceResult, _continues
+    from MedSAMAdapterLib.engine.session import SliceResult, _stop_reason
 
     policy = PropagationPolicy()
     previous = np.zeros((64, 64), bool)
@@ -256,11 +256,11 @@ def test_propagation_stops_when_the_mask_balloons():
     grown[18:34, 18:34] = True  # 256 px, 2.56x, overlapping
     steady = np.zeros_like(previous)
     steady[19:31, 19:31] = True  # 144 px, 1.44x
-    assert not _continues(previous, SliceResult(grown, 0.9, 0, 1), policy)
-    assert _continues(previous, SliceResult(steady, 0.9, 0, 1), policy)
+    assert _stop_reason(previous, SliceResult(grown, 0.9, 0, 1), policy) == "the mask ballooned"
+    assert _stop_reason(previous, SliceResult(steady, 0.9, 0, 1), policy) is None
     tiny = np.zeros_like(previous)
     tiny[20:27, 20:27] = True  # 49 px (under growth_floor_px): an object's end may grow fast
-    assert _continues(tiny, SliceResult(steady, 0.9, 0, 1), policy)
+    assert _stop_reason(tiny, SliceResult(steady, 0.9, 0, 1), policy) is None
 
 
 def test_appearance_contrast_tells_the_object_from_its_background():
@@ -304,4 +304,7 @@ def test_propagation_stops_where_the_object_ends_though_the_model_keeps_answerin
     session.segment_slice(s, 0, 4, SlicePrompts(box_rc=(20, 20, 35, 35)))
     assert sorted(session.propagate(s, 0, 4, policy=BOX_FILLER_POLICY)) == [i for i in range(12) if i != 4]
     session.undo(s)
-    assert sorted(session.propagate(s, 0, 4)) == [2, 3, 5, 6]
+    outcome = session.propagate_with_stops(s, 0, 4)
+    assert sorted(outcome.written) == [2, 3, 5, 6]
+    assert [str(stop) for stop in outcome.stops] == ["slice 7: the answer no longer looks like the object",
+                                                     "slice 1: the answer no longer looks like the object"]

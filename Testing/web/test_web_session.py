@@ -76,6 +76,7 @@ def test_box_dragged_on_a_sagittal_view_and_propagation(session, ball_file):
     session.propagate()
     mask = session.segmenter().segment_mask(session.active_segment)
     assert 2 * (mask & ball).sum() / (mask.sum() + ball.sum()) > 0.8
+    assert "stopped at slice" in session.status()["last"]["message"]  # where and why propagation stopped
 
 
 def test_negative_click_and_errors_reach_the_caller(session):
