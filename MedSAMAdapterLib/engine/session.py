@@ -54,6 +54,8 @@ class Stop:
 
 @dataclass(frozen=True)
 class Propagation:
+    """What one propagation wrote (slice indices, nearest first each way) and where each direction stopped."""
+
     written: list[int]
     stops: tuple[Stop, ...]
 
