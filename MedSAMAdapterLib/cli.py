@@ -336,15 +336,18 @@ def segment_with_prompts(session, segment_id: str, prompts, axis: int, propagate
         first, last = prompts.box_range(axis)
         if last > first:
             _, slice_prompts = prompts.on_slice(axis)
-            return session.segment_box_3d(segment_id, axis, slice_prompts.box_rc, first, last)
+            return _said_stops(session.segment_box_3d(segment_id, axis, slice_prompts.box_rc, first, last))
     result = session.segment_prompts(segment_id, prompts, axis)
     written = [result.index]
     if propagate and not session.volume.is_2d:
-        outcome = session.propagate_with_stops(segment_id, axis, result.index)
-        written += outcome.written
-        for stop in outcome.stops:
-            print(f"propagation stopped at {stop}")
+        written += _said_stops(session.propagate_with_stops(segment_id, axis, result.index))
     return written
+
+
+def _said_stops(outcome) -> list[int]:
+    for stop in outcome.stops:
+        print(f"propagation stopped at {stop}")
+    return outcome.written
 
 
 def write_outputs(session, output: Path, overlay: Path | None, axis: int) -> Path:

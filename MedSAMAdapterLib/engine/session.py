@@ -191,13 +191,15 @@ class InteractiveSession:
     def segment_box_3d(
         self, segment_id: str, axis: int, box_rc: tuple[float, float, float, float], first: int, last: int,
         policy: PropagationPolicy | None = None,
-    ) -> list[int]:
-        """A 3D box: segment the middle slice with the box, then propagate inside the slice range only."""
+    ) -> "Propagation":
+        """A 3D box: segment the middle slice with the box, then propagate inside the slice range only (the
+        middle slice first in ``written``)."""
         if not 0 <= first <= last < self.embedder.slice_count(axis):
             raise PromptError(f"slice range {first}..{last} is outside the volume along axis {axis}")
         middle = (first + last) // 2
         self.segment_slice(segment_id, axis, middle, SlicePrompts(box_rc=box_rc))
-        return [middle] + self.propagate(segment_id, axis, middle, policy=policy, limits=(first, last))
+        outcome = self.propagate_with_stops(segment_id, axis, middle, policy=policy, limits=(first, last))
+        return Propagation([middle] + outcome.written, outcome.stops)
 
     def propagate(
         self,

@@ -274,7 +274,7 @@ class SceneSegmenter:
             return self._run_slice(segment_id, axis, first, self._prompts.get(key, SlicePromptState()), state,
                                    refine=False, overlap=overlap, label="roi")
         engine_id = self._engine_segment(segment_id)
-        written = self.session.segment_box_3d(engine_id, axis, box_rc, first, last, policy=self.propagation)
+        outcome = self.session.segment_box_3d(engine_id, axis, box_rc, first, last, policy=self.propagation)
         middle = (first + last) // 2
         mid_lo, mid_hi = lo.copy(), hi.copy()
         mid_lo[geo.slice_component(axis)] = mid_hi[geo.slice_component(axis)] = middle
@@ -282,7 +282,8 @@ class SceneSegmenter:
         state = SlicePromptState(box_ijk=(tuple(mid_lo.tolist()), tuple(mid_hi.tolist())))  # type: ignore[arg-type]
         self._last_slice[segment_id] = (axis, middle)
         self.last_segment = segment_id
-        return self._commit(segment_id, axis, written, overlap, "roi", key, self._prompts.get(key), state)
+        result = self._commit(segment_id, axis, outcome.written, overlap, "roi", key, self._prompts.get(key), state)
+        return replace(result, stops=tuple(str(stop) for stop in outcome.stops))
 
     def markups(
         self,

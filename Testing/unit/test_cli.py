@@ -162,3 +162,8 @@ def test_segment_propagate_says_where_and_why_it_stopped(capsys):
     out = capsys.readouterr().out
     assert "propagation stopped at slice 7: the answer no longer looks like the object" in out
     assert "propagation stopped at slice 1:" in out
+    box_3d = (np.array([20.0, 20.0, 0.0]), np.array([35.0, 35.0, 8.0]))  # a 3D box over slices 0..8, middle 4
+    written = cli.segment_with_prompts(session, session.add_segment("b"),
+                                       VolumePrompts(np.zeros((0, 3)), np.zeros(0, np.int64), box_3d), 0, propagate=False)
+    assert sorted(written) == [2, 3, 4, 5, 6]
+    assert "propagation stopped at slice 7: the answer no longer looks like the object" in capsys.readouterr().out

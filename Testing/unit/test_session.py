@@ -185,7 +185,8 @@ def test_3d_box_is_limited_to_its_slice_range():
     image, _ = sphere_volume(shape=(12, 40, 40))
     session = InteractiveSession(make_volume(image), EchoModel())
     s = session.add_segment("a")
-    session.segment_box_3d(s, 0, (10, 10, 25, 25), 3, 8, policy=BOX_FILLER_POLICY)
+    outcome = session.segment_box_3d(s, 0, (10, 10, 25, 25), 3, 8, policy=BOX_FILLER_POLICY)
+    assert outcome.written[0] == 5 and sorted(outcome.written) == list(range(3, 9)) and outcome.stops == ()
     touched = np.nonzero(session.segment_mask(s).any(axis=(1, 2)))[0]
     assert touched.min() == 3 and touched.max() == 8
 
