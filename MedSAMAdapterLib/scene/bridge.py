@@ -34,7 +34,7 @@ from ..engine import geometry as geo
 from ..engine.cache import EmbeddingCache
 from ..engine.preprocessing import IntensityPolicy
 from ..engine.prompts import SlicePrompts
-from ..engine.session import DEFAULT_COLORS, InteractiveSession, PropagationPolicy
+from ..engine.session import DEFAULT_COLORS, InteractiveSession, Propagation, PropagationPolicy
 from ..engine.volume import Volume
 from ..errors import InputError, PromptError
 from .labelmaps import (Region, Terminology, VoxelGrid, bounding_region, ensure_segmentation_support, relative,
@@ -94,6 +94,11 @@ class EditResult:
     text: str | None = None  # the segment name the model took as a text prompt
     zoom: float = 1.0  # magnification of the focus window the clicks were answered on (1: the whole slice)
     stops: tuple[str, ...] = ()  # propagation: where and why each direction stopped ("slice 15: ...")
+
+
+def _with_stops(result: EditResult, outcome: Propagation) -> EditResult:
+    """The edit, with where and why its propagation stopped for the shells' status lines."""
+    return replace(result, stops=tuple(str(stop) for stop in outcome.stops))
 
 
 @dataclass
@@ -282,8 +287,8 @@ class SceneSegmenter:
         state = SlicePromptState(box_ijk=(tuple(mid_lo.tolist()), tuple(mid_hi.tolist())))  # type: ignore[arg-type]
         self._last_slice[segment_id] = (axis, middle)
         self.last_segment = segment_id
-        result = self._commit(segment_id, axis, outcome.written, overlap, "roi", key, self._prompts.get(key), state)
-        return replace(result, stops=tuple(str(stop) for stop in outcome.stops))
+        return _with_stops(self._commit(segment_id, axis, outcome.written, overlap, "roi", key,
+                                        self._prompts.get(key), state), outcome)
 
     def markups(
         self,
@@ -323,8 +328,7 @@ class SceneSegmenter:
         engine_id = self._engine_segment(segment_id)
         outcome = self.session.propagate_with_stops(engine_id, int(axis), int(start_index), direction,
                                                     policy=self.propagation, progress=progress)
-        result = self._commit(segment_id, int(axis), outcome.written, overlap, "propagate")
-        return replace(result, stops=tuple(str(stop) for stop in outcome.stops))
+        return _with_stops(self._commit(segment_id, int(axis), outcome.written, overlap, "propagate"), outcome)
 
     def clear_prompts(self, segment_id: str | None = None) -> None:
         """Forget accumulated clicks / boxes (of one segment, or all); the segment masks stay as they are."""
