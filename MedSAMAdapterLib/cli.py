@@ -340,7 +340,7 @@ def segment_with_prompts(session, segment_id: str, prompts, axis: int, propagate
     result = session.segment_prompts(segment_id, prompts, axis)
     written = [result.index]
     if propagate and not session.volume.is_2d:
-        written += _said_stops(session.propagate_with_stops(segment_id, axis, result.index))
+        written += _said_stops(session.propagate(segment_id, axis, result.index))
     return written
 
 

@@ -191,14 +191,14 @@ class InteractiveSession:
     def segment_box_3d(
         self, segment_id: str, axis: int, box_rc: tuple[float, float, float, float], first: int, last: int,
         policy: PropagationPolicy | None = None,
-    ) -> "Propagation":
+    ) -> Propagation:
         """A 3D box: segment the middle slice with the box, then propagate inside the slice range only (the
         middle slice first in ``written``)."""
         if not 0 <= first <= last < self.embedder.slice_count(axis):
             raise PromptError(f"slice range {first}..{last} is outside the volume along axis {axis}")
         middle = (first + last) // 2
         self.segment_slice(segment_id, axis, middle, SlicePrompts(box_rc=box_rc))
-        outcome = self.propagate_with_stops(segment_id, axis, middle, policy=policy, limits=(first, last))
+        outcome = self.propagate(segment_id, axis, middle, policy=policy, limits=(first, last))
         return Propagation([middle] + outcome.written, outcome.stops)
 
     def propagate(
@@ -210,21 +210,9 @@ class InteractiveSession:
         policy: PropagationPolicy | None = None,
         limits: tuple[int, int] | None = None,
         progress: ProgressCallback | None = None,
-    ) -> list[int]:
-        """Prompt each next slice with the box of the previous result until the object ends (one undo step)."""
-        return self.propagate_with_stops(segment_id, axis, start_index, direction, policy, limits, progress).written
-
-    def propagate_with_stops(
-        self,
-        segment_id: str,
-        axis: int,
-        start_index: int,
-        direction: str = "both",
-        policy: PropagationPolicy | None = None,
-        limits: tuple[int, int] | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> "Propagation":
-        """``propagate``, also saying where and why each direction stopped."""
+    ) -> Propagation:
+        """Prompt each next slice with the box of the previous result until the object ends (one undo step); the
+        slices written, and where and why each direction stopped."""
         policy = policy or PropagationPolicy()
         if direction not in ("both", "forward", "backward"):
             raise InputError(f"direction must be both, forward or backward, not {direction!r}")

@@ -326,8 +326,8 @@ class SceneSegmenter:
             axis = last[0] if axis is None else axis
             start_index = last[1] if start_index is None else start_index
         engine_id = self._engine_segment(segment_id)
-        outcome = self.session.propagate_with_stops(engine_id, int(axis), int(start_index), direction,
-                                                    policy=self.propagation, progress=progress)
+        outcome = self.session.propagate(engine_id, int(axis), int(start_index), direction,
+                                         policy=self.propagation, progress=progress)
         return _with_stops(self._commit(segment_id, int(axis), outcome.written, overlap, "propagate"), outcome)
 
     def clear_prompts(self, segment_id: str | None = None) -> None:

@@ -28,7 +28,7 @@ def test_box_then_propagation_segments_a_ct_lesion_in_3d(litemedsam):
 
     first = session.segment_slice(segment, 0, start, SlicePrompts(box_rc=tight_box(truth[start])))
     assert dice_score(first.mask, truth[start]) > 0.8
-    written = session.propagate(segment, 0, start)
+    written = session.propagate(segment, 0, start).written
     predicted = session.segment_mask(segment)
     assert len(written) >= 3, "propagation stopped right away"
     assert set(np.nonzero(predicted.any(axis=(1, 2)))[0]) <= set(range(truth.shape[0]))

@@ -245,7 +245,7 @@ def test_propagation_answers_on_whole_slices():
     assert session.segment_slice(segment, 0, 2, SlicePrompts(box_rc=(61, 70, 66, 75))).zoom == 8.0
     permissive = PropagationPolicy(max_area_growth=100.0, min_iou=0.0, min_overlap_dice=0.0,
                                   min_appearance_contrast=None)
-    assert sorted(session.propagate(segment, 0, 2, policy=permissive, limits=(1, 3))) == [1, 3]
+    assert sorted(session.propagate(segment, 0, 2, policy=permissive, limits=(1, 3)).written) == [1, 3]
     assert model.encode_calls == 4  # the start slice and its window, then two whole slices
     areas = session.segment_mask(segment).sum(axis=(1, 2))
     assert areas[1] > 2 * areas[2] and areas[3] > 2 * areas[2]  # the whole-slice answers leak: nothing redone

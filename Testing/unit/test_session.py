@@ -166,7 +166,7 @@ def test_propagation_follows_box_both_ways_as_one_undo_step():
     session = InteractiveSession(make_volume(image), EchoModel())
     s = session.add_segment("a")
     session.segment_slice(s, 0, 6, SlicePrompts(box_rc=(10, 10, 25, 25)))
-    written = session.propagate(s, 0, 6, policy=BOX_FILLER_POLICY)
+    written = session.propagate(s, 0, 6, policy=BOX_FILLER_POLICY).written
     assert sorted(written) == [i for i in range(12) if i != 6]
     assert session.segment_mask(s)[[0, 11]].any(axis=(1, 2)).all()
     session.undo(s)
@@ -303,9 +303,9 @@ def test_propagation_stops_where_the_object_ends_though_the_model_keeps_answerin
     session = InteractiveSession(make_volume(image), TissueModel(image_size=128), cache=EmbeddingCache(use_disk=False))
     s = session.add_segment("a")
     session.segment_slice(s, 0, 4, SlicePrompts(box_rc=(20, 20, 35, 35)))
-    assert sorted(session.propagate(s, 0, 4, policy=BOX_FILLER_POLICY)) == [i for i in range(12) if i != 4]
+    assert sorted(session.propagate(s, 0, 4, policy=BOX_FILLER_POLICY).written) == [i for i in range(12) if i != 4]
     session.undo(s)
-    outcome = session.propagate_with_stops(s, 0, 4)
+    outcome = session.propagate(s, 0, 4)
     assert sorted(outcome.written) == [2, 3, 5, 6]
     assert [str(stop) for stop in outcome.stops] == ["slice 7: the answer no longer looks like the object",
                                                      "slice 1: the answer no longer looks like the object"]
